@@ -1,0 +1,619 @@
+//! The scaling policy: `decide(snapshot, config, now) -> Decision`, pure and deterministic.
+//!
+//! # Expected flow
+//! The companion scaler (and the Lambda functions, when it is down) observe the Auto Scaling groups, the
+//! Nodes, the queue and Knative, build a [`Snapshot`], call [`decide`], and carry out the [`Action`]s in
+//! order: protection changes, cordons, drains, terminations (each with or without decrementing the group's
+//! desired capacity), then the desired capacity. The simulator calls the same function and applies the
+//! decision with [`Snapshot::apply`].
+//!
+//! # Rules
+//! - Pods needed per model: `max(ceil((queued + in_flight) / concurrency), desiredScale, actualScale +
+//!   pending)`. Any queued request gives one pod at once: scale from zero before a pod even pends.
+//! - Nodes needed per pool: `ceil(slots needed / slots per node)`, slots counting MPS or time-slicing
+//!   replicas (or MIG slices per profile, taking the profile that needs most nodes).
+//! - Usable nodes: schedulable, not disrupted, and (if still launching) within the launch timeout.
+//!   Unusable nodes still hold a place in the group, so the desired capacity is `needed + unusable`: an
+//!   interrupted node's replacement is requested at once, while it drains.
+//! - Scale up at once. Scale down only usable nodes idle (nothing in flight) for the idle window, and
+//!   disrupted or drained nodes once idle; never a node with work in flight.
+//! - The desired capacity never drops below the instances still present (the group would pick a victim
+//!   itself) and always stays within `[min, max]`.
+//! - Busy nodes, and nodes idle for less than the idle window, carry scale-in protection; others do not,
+//!   so anyone lowering the group's capacity (a Lambda function, an operator) only removes idle nodes.
+//! - A pool with a fallback whose launches failed `capacity_failure_threshold` times within
+//!   `capacity_failure_window` keeps the nodes it has and sends the rest of its demand to the fallback
+//!   (one level: a fallback's own fallback is not followed).
+//!
+//! # Guarantees
+//! `min <= desired <= max`; no node with work in flight is terminated; demand on a pool with `max >= 1`
+//! gives it (or its fallback) `desired >= 1`; more demand never gives fewer nodes; applying a decision and
+//! deciding again yields no actions.
+
+use crate::capacity::{self, ConfigError, ModelSpec, Node, NodeState, PoolSpec};
+use crate::demand::ModelDemand;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+/// Time limits of the policy, in seconds. Each default says where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timing {
+    /// How long a node must be idle before it is removed. Default 300 s: a GPU node's restart costs about
+    /// its boot-to-GPU-ready time (3-5 minutes for the EKS GPU AMI plus image pull and model load, all
+    /// billed), and the ski-rental rule keeps an idle node for as long as a restart would cost. Shorter
+    /// than the Cluster Autoscaler's 10-minute `scale-down-unneeded-time`.
+    pub idle_window_s: u64,
+    /// A launching node that is not GPU-ready after this long is replaced. Default 600 s: the Cluster
+    /// Autoscaler's `max-node-provision-time` and Karpenter's registration TTL are 15 minutes for any
+    /// node; a GPU node that has not come up in twice its usual boot time is not coming.
+    pub launch_timeout_s: u64,
+    /// Launch failures counted within this window. Default 600 s.
+    pub capacity_failure_window_s: u64,
+    /// Failures within the window after which a pool's demand goes to its fallback. Default 2: one failure
+    /// can be a single Availability Zone; Karpenter marks an offering unavailable after one
+    /// InsufficientInstanceCapacity error and retries it after 3 minutes.
+    pub capacity_failure_threshold: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            idle_window_s: 300,
+            launch_timeout_s: 600,
+            capacity_failure_window_s: 600,
+            capacity_failure_threshold: 2,
+        }
+    }
+}
+
+/// What the policy works with that does not change from one decision to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// GPU pools, in order of preference.
+    pub pools: Vec<PoolSpec>,
+    /// Models and the pools they run in.
+    pub models: Vec<ModelSpec>,
+    /// Time limits.
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+impl Config {
+    /// Checks that pools and models fit together; call once before deciding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        capacity::validate(&self.pools, &self.models)
+    }
+}
+
+/// An Auto Scaling group's state as observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolState {
+    /// Pool name.
+    pub pool: String,
+    /// The group's desired capacity now.
+    #[serde(default)]
+    pub desired: u32,
+    /// When launches in this pool failed for lack of capacity (EC2 Instance Launch Unsuccessful).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity_failures: Vec<DateTime<Utc>>,
+}
+
+/// Everything observed at one moment: groups, nodes, demand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Per pool; a pool missing here is taken as desired 0 with no failures.
+    #[serde(default)]
+    pub pools: Vec<PoolState>,
+    /// Every instance of every pool.
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    /// Per model; a model missing here has no demand.
+    #[serde(default)]
+    pub demand: Vec<ModelDemand>,
+}
+
+/// One effect to carry out, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Set or clear Auto Scaling scale-in protection.
+    SetProtection {
+        /// Instance.
+        instance_id: String,
+        /// Its group.
+        asg_name: String,
+        /// Protect (true) or not.
+        protected: bool,
+        /// Why.
+        reason: String,
+    },
+    /// Mark the Node unschedulable.
+    Cordon {
+        /// Instance.
+        instance_id: String,
+        /// Kubernetes Node name, if registered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// Evict the Node's pods through the Eviction API (PodDisruptionBudgets apply).
+    Drain {
+        /// Instance.
+        instance_id: String,
+        /// Kubernetes Node name, if registered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// `TerminateInstanceInAutoScalingGroup`.
+    Terminate {
+        /// Instance.
+        instance_id: String,
+        /// Its group.
+        asg_name: String,
+        /// `ShouldDecrementDesiredCapacity`: true unless the group is at its min.
+        decrement_desired: bool,
+        /// Why.
+        reason: String,
+    },
+    /// `SetDesiredCapacity`, after the terminations above.
+    SetDesiredCapacity {
+        /// Pool.
+        pool: String,
+        /// Its group.
+        asg_name: String,
+        /// Desired capacity before this decision.
+        from: u32,
+        /// Desired capacity to set.
+        to: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The outcome for one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolPlan {
+    /// Pool name.
+    pub pool: String,
+    /// Its group.
+    pub asg_name: String,
+    /// Desired capacity observed.
+    pub current_desired: u32,
+    /// Desired capacity after this decision.
+    pub desired: u32,
+    /// Nodes the demand needs (before clamping to min and max).
+    pub needed_nodes: u32,
+    /// Nodes that can take work now or soon.
+    pub usable_nodes: u32,
+    /// Nodes that hold a place in the group but take no new work.
+    pub unusable_nodes: u32,
+    /// Whether Spot capacity failures send this pool's extra demand to its fallback.
+    pub capacity_constrained: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What [`decide`] chose: per-pool targets and the ordered actions to reach them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// One entry per configured pool, in configuration order.
+    pub pools: Vec<PoolPlan>,
+    /// Actions, in the order to carry them out.
+    pub actions: Vec<Action>,
+    /// Things worth an operator's attention that need no action (unknown models, nodes of unknown pools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Decision {
+    /// The desired capacity chosen for `pool`.
+    pub fn desired(&self, pool: &str) -> Option<u32> {
+        self.pools.iter().find(|p| p.pool == pool).map(|p| p.desired)
+    }
+}
+
+/// Slots needed in one pool for one kind of slot (plain GPU slots, or one MIG profile).
+#[derive(Debug, Default)]
+struct PoolDemand<'a> {
+    /// `(mig profile, slots)`; `None` is plain GPU slots.
+    slots: Vec<(Option<&'a str>, u64)>,
+    /// Models with demand here, for the reason.
+    models: Vec<(&'a str, u64)>,
+}
+
+impl<'a> PoolDemand<'a> {
+    fn add(&mut self, profile: Option<&'a str>, slots: u64) {
+        match self.slots.iter_mut().find(|(p, _)| *p == profile) {
+            Some((_, s)) => *s += slots,
+            None => self.slots.push((profile, slots)),
+        }
+    }
+
+    fn total_slots(&self) -> u64 {
+        self.slots.iter().map(|(_, s)| s).sum()
+    }
+
+    /// Nodes of `pool` that hold these slots.
+    fn nodes(&self, pool: &PoolSpec) -> u64 {
+        self.slots
+            .iter()
+            .map(|(profile, slots)| {
+                let per_node = u64::from(pool.slots_per_node(*profile));
+                if per_node == 0 { 0 } else { slots.div_ceil(per_node) }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}
+
+/// Decides the desired capacity of every pool and the node actions to get there. Pure: the same inputs
+/// always give the same decision. `config` should have passed [`Config::validate`]; a pool with
+/// `min > max` is treated as `max`.
+pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decision {
+    let timing = &config.timing;
+    let idle_window = secs(timing.idle_window_s);
+    let launch_timeout = secs(timing.launch_timeout_s);
+    let failure_window = secs(timing.capacity_failure_window_s);
+    let mut decision = Decision::default();
+
+    let pool_index: HashMap<&str, usize> = config
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let model_index: HashMap<&str, &ModelSpec> =
+        config.models.iter().map(|m| (m.name.as_str(), m)).collect();
+
+    // Demand, in slots per pool.
+    let mut demand: Vec<PoolDemand> = config.pools.iter().map(|_| PoolDemand::default()).collect();
+    for d in &snapshot.demand {
+        let Some(model) = model_index.get(d.model.as_str()) else {
+            if d.is_active() {
+                decision
+                    .notes
+                    .push(format!("demand for unknown model {:?} ignored", d.model));
+            }
+            continue;
+        };
+        let Some(&pi) = pool_index.get(model.pool.as_str()) else {
+            continue;
+        };
+        let pods = d.pods_needed(model.concurrency);
+        if pods > 0 {
+            demand[pi].add(
+                model.mig_profile.as_deref(),
+                pods.saturating_mul(u64::from(model.slots_per_pod)),
+            );
+            demand[pi].models.push((model.name.as_str(), pods));
+        }
+    }
+
+    // Nodes per pool.
+    let mut nodes: Vec<Vec<&Node>> = config.pools.iter().map(|_| Vec::new()).collect();
+    for node in &snapshot.nodes {
+        match pool_index.get(node.pool.as_str()) {
+            Some(&pi) => nodes[pi].push(node),
+            None => decision.notes.push(format!(
+                "instance {} is in unknown pool {:?}; left alone",
+                node.instance_id, node.pool
+            )),
+        }
+    }
+    let stuck = |n: &Node| n.state == NodeState::Launching && now - n.launched_at > launch_timeout;
+    let usable = |n: &Node| n.schedulable() && !stuck(n);
+    let usable_count: Vec<u64> = nodes
+        .iter()
+        .map(|ns| ns.iter().filter(|n| usable(n)).count() as u64)
+        .collect();
+    let state_of = |pool: &str| snapshot.pools.iter().find(|s| s.pool == pool);
+
+    // Pools short of Spot capacity keep what they have and hand the rest to their fallback.
+    let mut constrained = vec![false; config.pools.len()];
+    let mut redirected: Vec<String> = vec![String::new(); config.pools.len()];
+    for (pi, pool) in config.pools.iter().enumerate() {
+        let Some(fallback) = pool.fallback.as_deref().and_then(|f| pool_index.get(f)) else {
+            continue;
+        };
+        let failures = state_of(&pool.name).map_or(0, |s| {
+            s.capacity_failures
+                .iter()
+                .filter(|t| **t <= now && now - **t <= failure_window)
+                .count()
+        });
+        if failures < timing.capacity_failure_threshold as usize || timing.capacity_failure_threshold == 0 {
+            continue;
+        }
+        constrained[pi] = true;
+        let have = usable_count[pi];
+        let slots = std::mem::take(&mut demand[pi].slots);
+        for (profile, wanted) in slots {
+            let per_node = u64::from(pool.slots_per_node(profile));
+            let kept = wanted.min(have.saturating_mul(per_node));
+            let extra = wanted - kept;
+            let fallback_pool = &config.pools[*fallback];
+            if extra > 0 && fallback_pool.slots_per_node(profile) > 0 {
+                demand[pi].add(profile, kept);
+                demand[*fallback].add(profile, extra);
+                let _ = write!(
+                    redirected[*fallback],
+                    "{extra} slots from {} (Spot capacity failures); ",
+                    pool.name
+                );
+            } else {
+                demand[pi].add(profile, wanted);
+            }
+        }
+    }
+
+    let mut protections = Vec::new();
+    let mut node_actions = Vec::new();
+    let mut desired_actions = Vec::new();
+    for (pi, pool) in config.pools.iter().enumerate() {
+        let max = pool.max;
+        let min = pool.min.min(max);
+        let current = state_of(&pool.name).map_or(0, |s| s.desired);
+        let pool_nodes = &nodes[pi];
+        let needed = saturate(demand[pi].nodes(pool));
+        let keep_usable = needed.clamp(min, max);
+        let mut running_desired = current;
+        let mut terminated = 0u32;
+        let mut unusable_left = 0u32;
+
+        let mut terminate = |node: &Node, reason: String, out: &mut Vec<Action>| {
+            let decrement = running_desired > min;
+            if decrement {
+                running_desired -= 1;
+            }
+            terminated += 1;
+            out.push(Action::Terminate {
+                instance_id: node.instance_id.clone(),
+                asg_name: pool.asg_name.clone(),
+                decrement_desired: decrement,
+                reason,
+            });
+        };
+
+        // Unusable nodes: drain the disrupted, remove them once idle, replace the stuck.
+        let mut idle_usable: Vec<&Node> = Vec::new();
+        for node in pool_nodes.iter().copied() {
+            if usable(node) {
+                if node.state == NodeState::GpuReady && node.idle_for(idle_window, now) {
+                    idle_usable.push(node);
+                }
+                continue;
+            }
+            if stuck(node) && node.in_flight == 0 {
+                let reason = format!(
+                    "not GPU-ready {}s after launch (timeout {}s); replaced",
+                    (now - node.launched_at).num_seconds(),
+                    timing.launch_timeout_s
+                );
+                terminate(node, reason, &mut node_actions);
+                continue;
+            }
+            if let Some(disruption) = node.disruption {
+                let what = disruption.as_str();
+                if !node.cordoned {
+                    node_actions.push(Action::Cordon {
+                        instance_id: node.instance_id.clone(),
+                        node: node.name.clone(),
+                        reason: format!("{what}: no new work; replacement requested"),
+                    });
+                }
+                if disruption.needs_drain() && !node.draining {
+                    node_actions.push(Action::Drain {
+                        instance_id: node.instance_id.clone(),
+                        node: node.name.clone(),
+                        reason: format!("{what}: evict pods before the instance goes"),
+                    });
+                }
+            }
+            if (node.disruption.is_some() || node.draining) && node.in_flight == 0 {
+                let reason = format!(
+                    "{} and idle; removed",
+                    if node.disruption.is_some() { "disrupted" } else { "drained" }
+                );
+                terminate(node, reason, &mut node_actions);
+                continue;
+            }
+            unusable_left += 1;
+        }
+
+        // Usable surplus: only nodes idle for the whole window, longest idle first.
+        let usable_now = saturate(usable_count[pi]);
+        let surplus = usable_now.saturating_sub(keep_usable) as usize;
+        idle_usable.sort_by(|a, b| {
+            a.idle_since
+                .cmp(&b.idle_since)
+                .then_with(|| a.instance_id.cmp(&b.instance_id))
+        });
+        let removed: Vec<&Node> = idle_usable.into_iter().take(surplus).collect();
+        for node in &removed {
+            let idle_s = node.idle_since.map_or(0, |t| (now - t).num_seconds());
+            node_actions.push(Action::Cordon {
+                instance_id: node.instance_id.clone(),
+                node: node.name.clone(),
+                reason: format!("idle {idle_s}s, not needed"),
+            });
+            node_actions.push(Action::Drain {
+                instance_id: node.instance_id.clone(),
+                node: node.name.clone(),
+                reason: format!("idle {idle_s}s, not needed"),
+            });
+            terminate(
+                node,
+                format!(
+                    "idle {idle_s}s (window {}s); {needed} nodes needed, {usable_now} usable",
+                    timing.idle_window_s
+                ),
+                &mut node_actions,
+            );
+        }
+
+        // Scale-in protection for the nodes that stay.
+        let going: HashSet<&str> = node_actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Terminate { instance_id, .. } => Some(instance_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        for node in pool_nodes.iter() {
+            let leaving = going.contains(node.instance_id.as_str());
+            let want = !leaving && node.schedulable() && !node.idle_for(idle_window, now);
+            if want != node.protected {
+                protections.push(Action::SetProtection {
+                    instance_id: node.instance_id.clone(),
+                    asg_name: pool.asg_name.clone(),
+                    protected: want,
+                    reason: if leaving {
+                        "being removed: protection lifted first".into()
+                    } else if want {
+                        "busy or recently busy: only idle nodes may be scaled in".into()
+                    } else if node.schedulable() {
+                        format!("idle for {}s: may be scaled in", timing.idle_window_s)
+                    } else {
+                        "takes no new work: may be scaled in".into()
+                    },
+                });
+            }
+        }
+
+        let present = u32::try_from(pool_nodes.len()).unwrap_or(u32::MAX) - terminated;
+        let target = keep_usable
+            .saturating_add(unusable_left)
+            .max(present)
+            .clamp(min, max);
+        let mut reason = String::new();
+        if demand[pi].models.is_empty() {
+            reason.push_str("no demand");
+        } else {
+            for (model, pods) in &demand[pi].models {
+                let _ = write!(reason, "{model}: {pods} pods; ");
+            }
+            let _ = write!(
+                reason,
+                "{} slots need {needed} nodes",
+                demand[pi].total_slots()
+            );
+        }
+        if !redirected[pi].is_empty() {
+            let _ = write!(reason, "; from fallback: {}", redirected[pi].trim_end_matches("; "));
+        }
+        if constrained[pi] {
+            reason.push_str("; Spot capacity failures: extra demand sent to the fallback pool");
+        }
+        if unusable_left > 0 {
+            let _ = write!(reason, "; {unusable_left} unusable nodes being replaced");
+        }
+        if target != keep_usable + unusable_left {
+            let _ = write!(reason, "; held at {target} (min {min}, max {max}, {present} present)");
+        }
+        if target != running_desired {
+            desired_actions.push(Action::SetDesiredCapacity {
+                pool: pool.name.clone(),
+                asg_name: pool.asg_name.clone(),
+                from: current,
+                to: target,
+                reason: reason.clone(),
+            });
+        }
+        decision.pools.push(PoolPlan {
+            pool: pool.name.clone(),
+            asg_name: pool.asg_name.clone(),
+            current_desired: current,
+            desired: target,
+            needed_nodes: needed,
+            usable_nodes: usable_now,
+            unusable_nodes: unusable_left,
+            capacity_constrained: constrained[pi],
+            reason,
+        });
+    }
+    decision.actions = protections;
+    decision.actions.append(&mut node_actions);
+    decision.actions.append(&mut desired_actions);
+    decision
+}
+
+impl Snapshot {
+    /// The state after `decision`'s actions took effect (as a perfect actuator would leave it): flags set,
+    /// terminated instances gone, desired capacities updated. New instances are not invented here: the
+    /// caller (the simulator, the cloud) launches them.
+    pub fn apply(&mut self, decision: &Decision) {
+        for action in &decision.actions {
+            match action {
+                Action::SetProtection {
+                    instance_id,
+                    protected,
+                    ..
+                } => {
+                    if let Some(n) = self.node_mut(instance_id) {
+                        n.protected = *protected;
+                    }
+                }
+                Action::Cordon { instance_id, .. } => {
+                    if let Some(n) = self.node_mut(instance_id) {
+                        n.cordoned = true;
+                    }
+                }
+                Action::Drain { instance_id, .. } => {
+                    if let Some(n) = self.node_mut(instance_id) {
+                        n.draining = true;
+                    }
+                }
+                Action::Terminate {
+                    instance_id,
+                    decrement_desired,
+                    ..
+                } => {
+                    let Some(pos) = self.nodes.iter().position(|n| &n.instance_id == instance_id) else {
+                        continue;
+                    };
+                    let node = self.nodes.remove(pos);
+                    if *decrement_desired {
+                        let state = self.pool_state_mut(&node.pool);
+                        state.desired = state.desired.saturating_sub(1);
+                    }
+                }
+                Action::SetDesiredCapacity { pool, to, .. } => {
+                    self.pool_state_mut(pool).desired = *to;
+                }
+            }
+        }
+    }
+
+    fn node_mut(&mut self, instance_id: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.instance_id == instance_id)
+    }
+
+    /// The state of `pool`, created (desired 0) if missing.
+    pub fn pool_state_mut(&mut self, pool: &str) -> &mut PoolState {
+        let pos = match self.pools.iter().position(|p| p.pool == pool) {
+            Some(pos) => pos,
+            None => {
+                self.pools.push(PoolState {
+                    pool: pool.to_owned(),
+                    ..PoolState::default()
+                });
+                self.pools.len() - 1
+            }
+        };
+        &mut self.pools[pos]
+    }
+}

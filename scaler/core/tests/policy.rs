@@ -1,0 +1,392 @@
+//! The scaling policy, scenario by scenario, then its invariants as properties.
+
+use proptest::prelude::*;
+use zerospot_core::testing::*;
+use zerospot_core::{Action, Config, Decision, Disruption, Snapshot, decide};
+
+fn terminated(d: &Decision) -> Vec<&str> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Terminate { instance_id, .. } => Some(instance_id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(d: &Decision) -> Vec<String> {
+    d.actions
+        .iter()
+        .map(|a| match a {
+            Action::SetProtection { instance_id, protected, .. } => format!("protect {instance_id} {protected}"),
+            Action::Cordon { instance_id, .. } => format!("cordon {instance_id}"),
+            Action::Drain { instance_id, .. } => format!("drain {instance_id}"),
+            Action::Terminate { instance_id, decrement_desired, .. } => {
+                format!("terminate {instance_id} decrement={decrement_desired}")
+            }
+            Action::SetDesiredCapacity { pool, to, .. } => format!("desired {pool} {to}"),
+        })
+        .collect()
+}
+
+fn mps_config() -> Config {
+    config(
+        vec![spot_pool("gpu").mps(2).max(4)],
+        vec![model("llama", "gpu"), model("qwen", "gpu")],
+    )
+}
+
+#[test]
+fn scales_from_zero_when_one_request_is_queued() {
+    let d = decide(&snapshot().queued("llama", 1), &mps_config(), at(10));
+    assert_eq!(d.desired("gpu"), Some(1));
+    assert_eq!(kinds(&d), vec!["desired gpu 1"]);
+    assert!(d.pools[0].reason.contains("llama: 1 pods"), "{}", d.pools[0].reason);
+}
+
+#[test]
+fn scales_from_zero_on_knative_desired_scale_alone() {
+    let d = decide(&snapshot().desired_scale("qwen", 1), &mps_config(), at(10));
+    assert_eq!(d.desired("gpu"), Some(1));
+}
+
+#[test]
+fn two_models_share_one_gpu_through_mps() {
+    let s = snapshot().queued("llama", 1).queued("qwen", 1);
+    assert_eq!(decide(&s, &mps_config(), at(0)).desired("gpu"), Some(1));
+    let s = s.queued("qwen", 1);
+    assert_eq!(decide(&s, &mps_config(), at(0)).desired("gpu"), Some(2), "3 slots / 2 per node");
+}
+
+#[test]
+fn counts_mig_slices_per_profile() {
+    let mut small = model("small", "mig");
+    small.mig_profile = Some("1g.10gb".into());
+    let mut big = model("big", "mig");
+    big.mig_profile = Some("3g.40gb".into());
+    let c = config(
+        vec![spot_pool("mig").mig(&[("1g.10gb", 4), ("3g.40gb", 1)]).max(10)],
+        vec![small, big],
+    );
+    let s = snapshot().queued("small", 5).queued("big", 1);
+    assert_eq!(decide(&s, &c, at(0)).desired("mig"), Some(2), "5 small slices at 4 per node");
+    let s = s.queued("big", 2);
+    assert_eq!(decide(&s, &c, at(0)).desired("mig"), Some(3), "3 big slices at 1 per node");
+}
+
+#[test]
+fn concurrency_packs_requests_into_pods() {
+    let mut m = model("llama", "gpu");
+    m.concurrency = 4;
+    let c = config(vec![spot_pool("gpu").max(10)], vec![m]);
+    assert_eq!(decide(&snapshot().queued("llama", 9), &c, at(0)).desired("gpu"), Some(3));
+}
+
+#[test]
+fn never_goes_above_max_or_below_min() {
+    let c = config(vec![spot_pool("gpu").min(1).max(2)], vec![model("llama", "gpu")]);
+    assert_eq!(decide(&snapshot().queued("llama", 50), &c, at(0)).desired("gpu"), Some(2));
+    assert_eq!(decide(&snapshot(), &c, at(0)).desired("gpu"), Some(1));
+}
+
+#[test]
+fn keeps_an_idle_node_until_the_idle_window_has_passed() {
+    let s = snapshot().desired("gpu", 1).node(ready("i-1", "gpu").idle_since(at(0)).protected());
+    let d = decide(&s, &mps_config(), at(299));
+    assert!(d.actions.is_empty(), "{:?}", kinds(&d));
+    let d = decide(&s, &mps_config(), at(300));
+    assert_eq!(
+        kinds(&d),
+        vec!["protect i-1 false", "cordon i-1", "drain i-1", "terminate i-1 decrement=true"]
+    );
+    assert_eq!(d.desired("gpu"), Some(0));
+}
+
+#[test]
+fn scales_in_only_idle_nodes_and_protects_busy_ones() {
+    let s = snapshot()
+        .desired("gpu", 3)
+        .node(ready("i-busy", "gpu").in_flight(1))
+        .node(ready("i-idle", "gpu").idle_since(at(0)))
+        .node(ready("i-recent", "gpu").idle_since(at(500)))
+        .in_flight("llama", 1);
+    let d = decide(&s, &mps_config(), at(600));
+    assert_eq!(terminated(&d), vec!["i-idle"]);
+    assert_eq!(d.desired("gpu"), Some(2), "the recently idle node stays until its window passes");
+    let k = kinds(&d);
+    assert!(k.contains(&"protect i-busy true".to_string()), "{k:?}");
+    assert!(k.contains(&"protect i-recent true".to_string()), "{k:?}");
+}
+
+#[test]
+fn removes_the_longest_idle_node_first() {
+    let s = snapshot()
+        .desired("gpu", 2)
+        .node(ready("i-a", "gpu").idle_since(at(100)))
+        .node(ready("i-b", "gpu").idle_since(at(50)))
+        .queued("llama", 1);
+    let d = decide(&s, &mps_config(), at(1000));
+    assert_eq!(terminated(&d), vec!["i-b"]);
+}
+
+#[test]
+fn an_interrupted_node_is_drained_and_replaced_at_once() {
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").in_flight(1).disrupted(Disruption::SpotInterruption).protected())
+        .in_flight("llama", 1);
+    let d = decide(&s, &mps_config(), at(100));
+    assert_eq!(
+        kinds(&d),
+        vec!["protect i-1 false", "cordon i-1", "drain i-1", "desired gpu 2"]
+    );
+    assert!(terminated(&d).is_empty(), "work in flight: never terminated");
+}
+
+#[test]
+fn an_interrupted_idle_node_is_removed_and_replaced() {
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").idle_since(at(90)).disrupted(Disruption::SpotInterruption))
+        .queued("llama", 1);
+    let d = decide(&s, &mps_config(), at(100));
+    assert_eq!(
+        kinds(&d),
+        vec!["cordon i-1", "drain i-1", "terminate i-1 decrement=true", "desired gpu 1"]
+    );
+}
+
+#[test]
+fn a_rebalance_recommendation_cordons_without_draining() {
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").in_flight(1).disrupted(Disruption::RebalanceRecommendation))
+        .in_flight("llama", 1);
+    let k = kinds(&decide(&s, &mps_config(), at(100)));
+    assert_eq!(k, vec!["cordon i-1", "desired gpu 2"]);
+}
+
+#[test]
+fn a_node_that_never_became_gpu_ready_is_replaced() {
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(launching("i-stuck", "gpu", at(0)).protected())
+        .queued("llama", 1);
+    assert!(terminated(&decide(&s, &mps_config(), at(600))).is_empty());
+    let d = decide(&s, &mps_config(), at(601));
+    assert_eq!(
+        kinds(&d),
+        vec!["protect i-stuck false", "terminate i-stuck decrement=true", "desired gpu 1"]
+    );
+    assert!(d.actions.iter().any(|a| matches!(a, Action::Terminate { reason, .. } if reason.contains("not GPU-ready"))));
+}
+
+#[test]
+fn does_not_decrement_below_min_when_replacing() {
+    let c = config(vec![spot_pool("gpu").min(1).max(3)], vec![model("llama", "gpu")]);
+    let s = snapshot().desired("gpu", 1).node(launching("i-stuck", "gpu", at(0)));
+    let d = decide(&s, &c, at(1000));
+    assert_eq!(kinds(&d), vec!["terminate i-stuck decrement=false"]);
+    assert_eq!(d.desired("gpu"), Some(1));
+}
+
+#[test]
+fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
+    let c = config(
+        vec![spot_pool("spot").fallback("od").max(5), on_demand_pool("od").max(5)],
+        vec![model("llama", "spot")],
+    );
+    let s = snapshot()
+        .desired("spot", 1)
+        .queued("llama", 2)
+        .capacity_failure("spot", at(100));
+    let d = decide(&s, &c, at(200));
+    assert_eq!((d.desired("spot"), d.desired("od")), (Some(2), Some(0)), "one failure is not enough");
+    let s = s.capacity_failure("spot", at(150));
+    let d = decide(&s, &c, at(200));
+    assert_eq!((d.desired("spot"), d.desired("od")), (Some(0), Some(2)));
+    assert!(d.pools[0].capacity_constrained);
+    let d = decide(&s, &c, at(100 + 601));
+    assert_eq!(d.desired("od"), Some(0), "failures outside the window are forgotten");
+}
+
+#[test]
+fn a_constrained_pool_keeps_the_nodes_it_has() {
+    let c = config(
+        vec![spot_pool("spot").fallback("od").max(5), on_demand_pool("od").max(5)],
+        vec![model("llama", "spot")],
+    );
+    let s = snapshot()
+        .desired("spot", 3)
+        .node(ready("i-1", "spot").in_flight(1))
+        .queued("llama", 2)
+        .in_flight("llama", 1)
+        .capacity_failure("spot", at(100))
+        .capacity_failure("spot", at(110));
+    let d = decide(&s, &c, at(200));
+    assert_eq!((d.desired("spot"), d.desired("od")), (Some(1), Some(2)));
+}
+
+#[test]
+fn notes_demand_for_models_it_does_not_know() {
+    let d = decide(&snapshot().queued("mystery", 3), &mps_config(), at(0));
+    assert_eq!(d.desired("gpu"), Some(0));
+    assert_eq!(d.notes, vec!["demand for unknown model \"mystery\" ignored"]);
+}
+
+#[test]
+fn deciding_again_after_applying_a_decision_changes_nothing() {
+    let mut s = snapshot()
+        .desired("gpu", 3)
+        .node(ready("i-1", "gpu").idle_since(at(0)))
+        .node(ready("i-2", "gpu").in_flight(2).disrupted(Disruption::SpotInterruption))
+        .node(launching("i-3", "gpu", at(0)))
+        .queued("llama", 3);
+    let d = decide(&s, &mps_config(), at(1000));
+    assert!(!d.actions.is_empty());
+    s.apply(&d);
+    let again = decide(&s, &mps_config(), at(1000));
+    assert!(again.actions.is_empty(), "{:?}", kinds(&again));
+}
+
+// ---- properties ----
+
+fn arb_node(i: usize, pools: usize) -> impl Strategy<Value = zerospot_core::Node> {
+    (
+        0..pools,
+        any::<bool>(),
+        0u32..3,
+        prop::option::of(0i64..2000),
+        prop::option::of(prop_oneof![
+            Just(Disruption::SpotInterruption),
+            Just(Disruption::RebalanceRecommendation),
+            Just(Disruption::ScheduledChange),
+        ]),
+        any::<bool>(),
+        any::<bool>(),
+        0i64..2000,
+    )
+        .prop_map(move |(p, is_ready, in_flight, idle, disruption, cordoned, protected, launched)| {
+            let pool = format!("p{p}");
+            let id = format!("i-{i:04}");
+            let mut n = if is_ready {
+                ready(&id, &pool)
+            } else {
+                launching(&id, &pool, at(launched))
+            };
+            n.launched_at = at(launched);
+            n.in_flight = in_flight;
+            n.idle_since = if in_flight == 0 { idle.map(at) } else { None };
+            n.disruption = disruption;
+            n.cordoned = cordoned && disruption.is_some();
+            n.protected = protected;
+            n
+        })
+}
+
+prop_compose! {
+    fn arb_world()(
+        pools in 1usize..4,
+        seed_nodes in 0usize..12,
+    )(
+        specs in prop::collection::vec((0u32..3, 1u32..6, 1u32..4, 1u32..3, any::<bool>()), pools),
+        nodes in (0..seed_nodes).map(|i| arb_node(i, pools)).collect::<Vec<_>>(),
+        demand in prop::collection::vec((0u64..20, 0u64..5, prop::option::of(0u32..6)), pools * 2),
+        desired in prop::collection::vec(0u32..8, pools),
+        failures in prop::collection::vec(prop::collection::vec(0i64..2000, 0..3), pools),
+    ) -> (Config, Snapshot) {
+        let n = specs.len();
+        let pool_specs = specs.iter().enumerate().map(|(i, (min, extra, replicas, conc, fallback))| {
+            let mut p = spot_pool(&format!("p{i}")).mps(*replicas).min(*min).max(min + extra);
+            if *fallback && n > 1 {
+                p = p.fallback(&format!("p{}", (i + 1) % n));
+            }
+            let _ = conc;
+            p
+        }).collect();
+        let models = (0..n * 2).map(|m| {
+            let mut spec = model(&format!("m{m}"), &format!("p{}", m % n));
+            spec.concurrency = specs[m % n].3;
+            spec
+        }).collect();
+        let mut s = snapshot();
+        for (i, d) in desired.iter().enumerate() {
+            s = s.desired(&format!("p{i}"), *d);
+            for t in &failures[i] {
+                s = s.capacity_failure(&format!("p{i}"), at(*t));
+            }
+        }
+        for node in nodes {
+            s = s.node(node);
+        }
+        for (m, (q, f, ds)) in demand.into_iter().enumerate() {
+            s = s.queued(&format!("m{m}"), q).in_flight(&format!("m{m}"), f);
+            if let Some(ds) = ds {
+                s = s.desired_scale(&format!("m{m}"), ds);
+            }
+        }
+        (config(pool_specs, models), s)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn desired_stays_within_min_and_max((c, s) in arb_world(), now in 0i64..3000) {
+        let d = decide(&s, &c, at(now));
+        for (plan, pool) in d.pools.iter().zip(&c.pools) {
+            prop_assert!(plan.desired >= pool.min && plan.desired <= pool.max, "{plan:?}");
+        }
+    }
+
+    #[test]
+    fn never_terminates_a_node_with_work_in_flight((c, s) in arb_world(), now in 0i64..3000) {
+        let d = decide(&s, &c, at(now));
+        for id in terminated(&d) {
+            let node = s.nodes.iter().find(|n| n.instance_id == id).unwrap();
+            prop_assert_eq!(node.in_flight, 0);
+        }
+    }
+
+    #[test]
+    fn demand_gives_at_least_one_node((c, s) in arb_world(), now in 0i64..3000) {
+        let d = decide(&s, &c, at(now));
+        for m in &c.models {
+            let active = s.demand.iter().any(|x| x.model == m.name && x.is_active());
+            let pool = c.pools.iter().find(|p| p.name == m.pool).unwrap();
+            if active && pool.max >= 1 {
+                let own = d.desired(&pool.name).unwrap();
+                let fallback = pool.fallback.as_deref().and_then(|f| d.desired(f)).unwrap_or(0);
+                prop_assert!(own >= 1 || fallback >= 1, "{m:?} {:?}", d.pools);
+            }
+        }
+    }
+
+    #[test]
+    fn more_demand_never_gives_fewer_nodes((c, s) in arb_world(), now in 0i64..3000, extra in 1u64..30, which in 0usize..6) {
+        let before = decide(&s, &c, at(now));
+        let name = c.models[which % c.models.len()].name.clone();
+        let more = s.clone().queued(&name, extra);
+        let after = decide(&more, &c, at(now));
+        let total = |d: &Decision| d.pools.iter().map(|p| p.desired).sum::<u32>();
+        prop_assert!(total(&after) >= total(&before), "{:?} -> {:?}", before.pools, after.pools);
+        for (b, a) in before.pools.iter().zip(&after.pools) {
+            if !b.capacity_constrained {
+                prop_assert!(a.desired >= b.desired || a.desired == a.usable_nodes, "{b:?} -> {a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn deciding_again_after_applying_changes_nothing_prop((c, s) in arb_world(), now in 0i64..3000) {
+        let mut s = s;
+        let d = decide(&s, &c, at(now));
+        s.apply(&d);
+        let again = decide(&s, &c, at(now));
+        prop_assert!(again.actions.is_empty(), "{:?}\nthen {:?}", kinds(&d), kinds(&again));
+        for (a, b) in d.pools.iter().zip(&again.pools) {
+            prop_assert_eq!(a.desired, b.desired);
+        }
+    }
+}
