@@ -1,0 +1,1 @@
+//! Simulator (see issue 4).

@@ -1,0 +1,114 @@
+//! The `zerospot` command: operator tools around the scaling core (and, as they land, the simulator, the
+//! companion scaler and the dispatcher).
+
+mod explain;
+mod plan;
+
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// zerospot: serve LLMs on AWS Spot GPUs that scale to zero, without losing a request.
+///
+/// Requests wait in SQS until the MPS-shared model pods are ready; Lambda functions and a companion
+/// scaler move the GPU Auto Scaling group to and from zero with demand and Spot interruptions.
+#[derive(Debug, Parser)]
+#[command(name = "zerospot", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// What would zerospot do with this event? Reads one document and prints one JSON line per event.
+    ///
+    /// Accepts an EventBridge event, an SQS ReceiveMessage output (`aws sqs receive-message`), a Lambda
+    /// SQS event, or a CloudWatch alarm's Lambda action payload. Each line is
+    /// `{"kind", "instance_ids", "action", "reason"}`. Exits 0 when the document parsed (ignored events
+    /// included) and 2, with a one-line error on stderr, when it is malformed.
+    #[command(name = "explain-event")]
+    ExplainEvent {
+        /// File to read, or `-` for standard input.
+        #[arg(default_value = "-", value_name = "FILE|-")]
+        input: String,
+    },
+    /// Prints the scaling decision for a demand-and-capacity snapshot (JSON in, JSON out).
+    ///
+    /// The snapshot file holds `config` (pools, models, timing), `snapshot` (Auto Scaling groups, nodes,
+    /// demand) and an optional `now`; see README "Snapshot format". Without --snapshot, the embedded
+    /// example (scaler/examples/snapshot.json) is used.
+    Plan {
+        /// Snapshot file, or `-` for standard input.
+        #[arg(long, value_name = "FILE|-")]
+        snapshot: Option<String>,
+        /// Decide as of this time (RFC 3339); default: the snapshot's `now`, else the clock.
+        #[arg(long)]
+        now: Option<chrono::DateTime<chrono::Utc>>,
+        /// One line of JSON instead of indented output.
+        #[arg(long)]
+        compact: bool,
+    },
+    /// Validates a request body as clients put it on the queue; prints it normalised or says what is
+    /// wrong (exit 2).
+    #[command(name = "check-request")]
+    CheckRequest {
+        /// File to read, or `-` for standard input.
+        #[arg(default_value = "-", value_name = "FILE|-")]
+        input: String,
+        /// Validate as of this time (RFC 3339); default: the clock.
+        #[arg(long)]
+        now: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+/// A failure and the exit code it maps to: 2 for input we could not use, 1 for anything else.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    pub(crate) fn input(error: impl Into<anyhow::Error>) -> Self {
+        Failure { code: 2, error: error.into() }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure { code: 1, error: error.into() }
+    }
+}
+
+/// Reads a file, or standard input for `-`.
+pub(crate) fn read_input(path: &str) -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
+    if path == "-" {
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Failure::input(anyhow::anyhow!("reading standard input: {e}")))?;
+    } else {
+        buf = std::fs::read(PathBuf::from(path))
+            .map_err(|e| Failure::input(anyhow::anyhow!("reading {path}: {e}")))?;
+    }
+    Ok(buf)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::ExplainEvent { input } => explain::explain_event(&input),
+        Command::Plan { snapshot, now, compact } => plan::plan(snapshot.as_deref(), now, compact),
+        Command::CheckRequest { input, now } => plan::check_request(&input, now),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            let line = format!("{error:#}").replace('\n', " ");
+            eprintln!("zerospot: {line}");
+            ExitCode::from(code)
+        }
+    }
+}
