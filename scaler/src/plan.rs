@@ -20,13 +20,21 @@ struct PlanInput {
     snapshot: Snapshot,
 }
 
-pub(crate) fn plan(path: Option<&str>, now: Option<DateTime<Utc>>, compact: bool) -> Result<(), Failure> {
+pub(crate) fn plan(
+    path: Option<&str>,
+    now: Option<DateTime<Utc>>,
+    compact: bool,
+) -> Result<(), Failure> {
     let bytes = match path {
         Some(path) => read_input(path)?,
         None => EXAMPLE_SNAPSHOT.as_bytes().to_vec(),
     };
-    let input: PlanInput = serde_json::from_slice(&bytes)
-        .map_err(|e| Failure::input(anyhow::anyhow!("snapshot {}: {e}", path.unwrap_or("(example)"))))?;
+    let input: PlanInput = serde_json::from_slice(&bytes).map_err(|e| {
+        Failure::input(anyhow::anyhow!(
+            "snapshot {}: {e}",
+            path.unwrap_or("(example)")
+        ))
+    })?;
     input
         .config
         .validate()
@@ -44,7 +52,8 @@ pub(crate) fn plan(path: Option<&str>, now: Option<DateTime<Utc>>, compact: bool
 
 pub(crate) fn check_request(path: &str, now: Option<DateTime<Utc>>) -> Result<(), Failure> {
     let bytes = read_input(path)?;
-    let body = String::from_utf8(bytes).map_err(|_| Failure::input(anyhow::anyhow!("request is not UTF-8")))?;
+    let body = String::from_utf8(bytes)
+        .map_err(|_| Failure::input(anyhow::anyhow!("request is not UTF-8")))?;
     let request = Request::parse(&body, now.unwrap_or_else(Utc::now)).map_err(Failure::input)?;
     println!("{}", request.to_body());
     Ok(())

@@ -248,7 +248,9 @@ pub enum ConfigError {
     #[error("pool {0:?}: gpus must be at least 1")]
     NoGpus(String),
     /// An MPS or time-slicing pool with 0 replicas, or a MIG pool with no profile.
-    #[error("pool {0:?}: sharing offers no slots (replicas must be at least 1; MIG needs a profile with per_gpu >= 1)")]
+    #[error(
+        "pool {0:?}: sharing offers no slots (replicas must be at least 1; MIG needs a profile with per_gpu >= 1)"
+    )]
     NoSlots(String),
     /// A model names a pool that is not defined.
     #[error("model {model:?} runs in pool {pool:?}, which is not defined")]
@@ -270,7 +272,9 @@ pub enum ConfigError {
     #[error("model {0:?}: concurrency and slots_per_pod must be at least 1")]
     ZeroModelSize(String),
     /// A model pod can never fit on a node of its pool.
-    #[error("model {model:?}: a pod needs {needs} slots but a node of pool {pool:?} offers {offers}")]
+    #[error(
+        "model {model:?}: a pod needs {needs} slots but a node of pool {pool:?} offers {offers}"
+    )]
     PodDoesNotFit {
         /// Model name.
         model: String,
@@ -405,9 +409,15 @@ mod tests {
             mig_profile: None,
         };
         let err = validate(&[pool(Sharing::Exclusive, 1)], &[model]).unwrap_err();
-        assert_eq!(err.to_string(), "model \"m\" runs in pool \"nope\", which is not defined");
+        assert_eq!(
+            err.to_string(),
+            "model \"m\" runs in pool \"nope\", which is not defined"
+        );
         let mut bad = pool(Sharing::Mps { replicas: 0 }, 1);
-        assert_eq!(validate(&[bad.clone()], &[]), Err(ConfigError::NoSlots("p".into())));
+        assert_eq!(
+            validate(&[bad.clone()], &[]),
+            Err(ConfigError::NoSlots("p".into()))
+        );
         bad.sharing = Sharing::Exclusive;
         bad.min = 5;
         assert!(matches!(

@@ -17,6 +17,8 @@ pub mod policy;
 pub mod request;
 pub mod testing;
 
-pub use capacity::{CapacityType, ConfigError, Disruption, ModelSpec, Node, NodeState, PoolSpec, Sharing};
+pub use capacity::{
+    CapacityType, ConfigError, Disruption, ModelSpec, Node, NodeState, PoolSpec, Sharing,
+};
 pub use demand::ModelDemand;
 pub use policy::{Action, Config, Decision, PoolPlan, PoolState, Snapshot, Timing, decide};

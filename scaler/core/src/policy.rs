@@ -214,7 +214,10 @@ pub struct Decision {
 impl Decision {
     /// The desired capacity chosen for `pool`.
     pub fn desired(&self, pool: &str) -> Option<u32> {
-        self.pools.iter().find(|p| p.pool == pool).map(|p| p.desired)
+        self.pools
+            .iter()
+            .find(|p| p.pool == pool)
+            .map(|p| p.desired)
     }
 }
 
@@ -245,7 +248,11 @@ impl<'a> PoolDemand<'a> {
             .iter()
             .map(|(profile, slots)| {
                 let per_node = u64::from(pool.slots_per_node(*profile));
-                if per_node == 0 { 0 } else { slots.div_ceil(per_node) }
+                if per_node == 0 {
+                    0
+                } else {
+                    slots.div_ceil(per_node)
+                }
             })
             .max()
             .unwrap_or(0)
@@ -335,7 +342,9 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
                 .filter(|t| **t <= now && now - **t <= failure_window)
                 .count()
         });
-        if failures < timing.capacity_failure_threshold as usize || timing.capacity_failure_threshold == 0 {
+        if failures < timing.capacity_failure_threshold as usize
+            || timing.capacity_failure_threshold == 0
+        {
             continue;
         }
         constrained[pi] = true;
@@ -426,7 +435,11 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             if (node.disruption.is_some() || node.draining) && node.in_flight == 0 {
                 let reason = format!(
                     "{} and idle; removed",
-                    if node.disruption.is_some() { "disrupted" } else { "drained" }
+                    if node.disruption.is_some() {
+                        "disrupted"
+                    } else {
+                        "drained"
+                    }
                 );
                 terminate(node, reason, &mut node_actions);
                 continue;
@@ -513,7 +526,11 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             );
         }
         if !redirected[pi].is_empty() {
-            let _ = write!(reason, "; from fallback: {}", redirected[pi].trim_end_matches("; "));
+            let _ = write!(
+                reason,
+                "; from fallback: {}",
+                redirected[pi].trim_end_matches("; ")
+            );
         }
         if constrained[pi] {
             reason.push_str("; Spot capacity failures: extra demand sent to the fallback pool");
@@ -522,7 +539,10 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             let _ = write!(reason, "; {unusable_left} unusable nodes being replaced");
         }
         if target != keep_usable + unusable_left {
-            let _ = write!(reason, "; held at {target} (min {min}, max {max}, {present} present)");
+            let _ = write!(
+                reason,
+                "; held at {target} (min {min}, max {max}, {present} present)"
+            );
         }
         if target != running_desired {
             desired_actions.push(Action::SetDesiredCapacity {
@@ -582,7 +602,11 @@ impl Snapshot {
                     decrement_desired,
                     ..
                 } => {
-                    let Some(pos) = self.nodes.iter().position(|n| &n.instance_id == instance_id) else {
+                    let Some(pos) = self
+                        .nodes
+                        .iter()
+                        .position(|n| &n.instance_id == instance_id)
+                    else {
                         continue;
                     };
                     let node = self.nodes.remove(pos);

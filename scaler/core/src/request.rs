@@ -141,12 +141,16 @@ impl Request {
                 limit: MAX_BODY_BYTES,
             });
         }
-        let wire: Wire = serde_json::from_str(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        let wire: Wire =
+            serde_json::from_str(body).map_err(|e| RequestError::Malformed(e.to_string()))?;
         let version = wire.version.ok_or(RequestError::MissingVersion)?;
         if version != CURRENT_VERSION {
             return Err(RequestError::UnknownVersion(version));
         }
-        let id = wire.id.filter(|s| !s.trim().is_empty()).ok_or(RequestError::MissingId)?;
+        let id = wire
+            .id
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(RequestError::MissingId)?;
         let model = wire
             .model
             .filter(|s| !s.trim().is_empty())
@@ -225,14 +229,38 @@ mod tests {
     #[test]
     fn each_bad_request_names_its_fault() {
         let cases: &[(&str, RequestError)] = &[
-            (r#"{"id":"r","model":"m","prompt":"p"}"#, RequestError::MissingVersion),
-            (r#"{"version":2,"id":"r","model":"m","prompt":"p"}"#, RequestError::UnknownVersion(2)),
-            (r#"{"version":1,"id":"r","prompt":"p"}"#, RequestError::MissingModel),
-            (r#"{"version":1,"id":"r","model":" ","prompt":"p"}"#, RequestError::MissingModel),
-            (r#"{"version":1,"model":"m","prompt":"p"}"#, RequestError::MissingId),
-            (r#"{"version":1,"id":"r","model":"m","messages":[]}"#, RequestError::EmptyMessages),
-            (r#"{"version":1,"id":"r","model":"m","prompt":""}"#, RequestError::EmptyPrompt),
-            (r#"{"version":1,"id":"r","model":"m"}"#, RequestError::NoInput),
+            (
+                r#"{"id":"r","model":"m","prompt":"p"}"#,
+                RequestError::MissingVersion,
+            ),
+            (
+                r#"{"version":2,"id":"r","model":"m","prompt":"p"}"#,
+                RequestError::UnknownVersion(2),
+            ),
+            (
+                r#"{"version":1,"id":"r","prompt":"p"}"#,
+                RequestError::MissingModel,
+            ),
+            (
+                r#"{"version":1,"id":"r","model":" ","prompt":"p"}"#,
+                RequestError::MissingModel,
+            ),
+            (
+                r#"{"version":1,"model":"m","prompt":"p"}"#,
+                RequestError::MissingId,
+            ),
+            (
+                r#"{"version":1,"id":"r","model":"m","messages":[]}"#,
+                RequestError::EmptyMessages,
+            ),
+            (
+                r#"{"version":1,"id":"r","model":"m","prompt":""}"#,
+                RequestError::EmptyPrompt,
+            ),
+            (
+                r#"{"version":1,"id":"r","model":"m"}"#,
+                RequestError::NoInput,
+            ),
             (
                 r#"{"version":1,"id":"r","model":"m","prompt":"p","messages":[{"role":"user","content":"x"}]}"#,
                 RequestError::BothInputs,
@@ -256,8 +284,11 @@ mod tests {
             Request::parse("{", now()),
             Err(RequestError::Malformed(_))
         ));
-        let err = Request::parse(r#"{"version":1,"id":"r","model":"m","prompt":"p","tempreature":1}"#, now())
-            .unwrap_err();
+        let err = Request::parse(
+            r#"{"version":1,"id":"r","model":"m","prompt":"p","tempreature":1}"#,
+            now(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("tempreature"), "{err}");
         let big = format!(
             r#"{{"version":1,"id":"r","model":"m","prompt":"{}"}}"#,
@@ -265,7 +296,10 @@ mod tests {
         );
         assert!(matches!(
             Request::parse(&big, now()),
-            Err(RequestError::TooLarge { limit: MAX_BODY_BYTES, .. })
+            Err(RequestError::TooLarge {
+                limit: MAX_BODY_BYTES,
+                ..
+            })
         ));
     }
 }

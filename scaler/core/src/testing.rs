@@ -8,10 +8,10 @@
 //! assert_eq!(snapshot.nodes.len(), 1);
 //! ```
 
+use crate::Disruption;
 use crate::capacity::{CapacityType, MigProfile, ModelSpec, Node, NodeState, PoolSpec, Sharing};
 use crate::demand::ModelDemand;
 use crate::policy::{Config, PoolState, Snapshot, Timing};
-use crate::Disruption;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 /// A fixed epoch for tests: 2026-11-24T00:00:00Z plus `secs`.

@@ -1,11 +1,15 @@
 //! Event parsing on real payloads: AWS documentation examples (tests/fixtures) and the samples that ship
 //! inside the aws_lambda_events crate, plus malformed, truncated and unknown input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use zerospot_core::event::{Event, EventAction, EventError, parse_document, parse_document_items};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -25,7 +29,11 @@ fn lambda_events_fixture(name: &str) -> Vec<u8> {
         .find(|p| p["name"] == "aws_lambda_events")
         .and_then(|p| p["manifest_path"].as_str())
         .expect("aws_lambda_events in cargo metadata");
-    let path = PathBuf::from(manifest).parent().unwrap().join("src/fixtures").join(name);
+    let path = PathBuf::from(manifest)
+        .parent()
+        .unwrap()
+        .join("src/fixtures")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -97,32 +105,50 @@ fn an_alarm_state_change_from_eventbridge_reconciles() {
 
 #[test]
 fn an_alarm_lambda_action_from_the_lambda_events_samples_reconciles() {
-    let e = one(&lambda_events_fixture("example-cloudwatch-alarm-metric.json"));
+    let e = one(&lambda_events_fixture(
+        "example-cloudwatch-alarm-metric.json",
+    ));
     assert_eq!(e.kind(), "alarm_state_change");
-    assert!(matches!(&e, Event::AlarmStateChange { alarm_name, state, previous_state }
+    assert!(
+        matches!(&e, Event::AlarmStateChange { alarm_name, state, previous_state }
         if alarm_name == "lambda-demo-metric-alarm" && state == "ALARM"
-            && previous_state.as_deref() == Some("INSUFFICIENT_DATA")));
-    let e = one(&lambda_events_fixture("example-cloudwatch-alarm-composite.json"));
+            && previous_state.as_deref() == Some("INSUFFICIENT_DATA"))
+    );
+    let e = one(&lambda_events_fixture(
+        "example-cloudwatch-alarm-composite.json",
+    ));
     assert_eq!(e.kind(), "alarm_state_change");
 }
 
 #[test]
 fn auto_scaling_samples_from_the_lambda_events_crate_are_typed() {
-    let e = one(&lambda_events_fixture("example-autoscaling-event-launch-unsuccessful.json"));
-    assert!(matches!(&e, Event::LaunchUnsuccessful { asg_name, instance_id, .. }
-        if asg_name == "my-auto-scaling-group" && instance_id.as_deref() == Some("i-1234567890abcdef0")));
+    let e = one(&lambda_events_fixture(
+        "example-autoscaling-event-launch-unsuccessful.json",
+    ));
+    assert!(
+        matches!(&e, Event::LaunchUnsuccessful { asg_name, instance_id, .. }
+        if asg_name == "my-auto-scaling-group" && instance_id.as_deref() == Some("i-1234567890abcdef0"))
+    );
     assert_eq!(e.action(), EventAction::RecordCapacityFailure);
-    let e = one(&lambda_events_fixture("example-autoscaling-event-lifecycle-action.json"));
+    let e = one(&lambda_events_fixture(
+        "example-autoscaling-event-lifecycle-action.json",
+    ));
     assert_eq!(e.kind(), "lifecycle_launch");
     assert_eq!(e.action(), EventAction::CompleteLaunchWhenReady);
-    let e = one(&lambda_events_fixture("example-autoscaling-event-terminate-action.json"));
+    let e = one(&lambda_events_fixture(
+        "example-autoscaling-event-terminate-action.json",
+    ));
     assert_eq!(e.kind(), "lifecycle_terminate");
     assert_eq!(e.instance_ids(), vec!["i-1234567890abcdef0"]);
     for ignored in [
         "example-autoscaling-event-launch-successful.json",
         "example-autoscaling-event-terminate-successful.json",
     ] {
-        assert_eq!(one(&lambda_events_fixture(ignored)).kind(), "ignored", "{ignored}");
+        assert_eq!(
+            one(&lambda_events_fixture(ignored)).kind(),
+            "ignored",
+            "{ignored}"
+        );
     }
     let e = one(&lambda_events_fixture("example-eventbridge-schedule.json"));
     assert_eq!(e.kind(), "scheduled_event");
@@ -132,7 +158,10 @@ fn auto_scaling_samples_from_the_lambda_events_crate_are_typed() {
 fn sqs_message_bodies_in_both_shapes_carry_their_events() {
     let events = parse_document(&fixture("sqs-receive-message-output.json")).unwrap();
     let kinds: Vec<_> = events.iter().map(|e| e.event.kind()).collect();
-    assert_eq!(kinds, vec!["spot_interruption_warning", "rebalance_recommendation"]);
+    assert_eq!(
+        kinds,
+        vec!["spot_interruption_warning", "rebalance_recommendation"]
+    );
     assert_eq!(events[1].meta.message_id.as_deref(), Some("m-2"));
     let events = parse_document(&fixture("lambda-sqs-event.json")).unwrap();
     assert_eq!(events[0].event.kind(), "spot_interruption_warning");
@@ -144,7 +173,9 @@ fn one_bad_message_in_a_batch_does_not_hide_the_others() {
     let items = parse_document_items(&lambda_events_fixture("example-sqs-event.json")).unwrap();
     assert_eq!(items.len(), 1);
     let err = items[0].result.clone().unwrap_err();
-    assert!(matches!(&err, EventError::BadMessage { message_id, .. } if message_id == "MessageID_1"));
+    assert!(
+        matches!(&err, EventError::BadMessage { message_id, .. } if message_id == "MessageID_1")
+    );
     assert!(err.to_string().contains("not JSON"), "{err}");
     let doc = serde_json::json!({"Records": [
         {"messageId": "bad", "body": "{\"hello\": 1}"},
@@ -152,20 +183,31 @@ fn one_bad_message_in_a_batch_does_not_hide_the_others() {
     ]});
     let items = parse_document_items(doc.to_string().as_bytes()).unwrap();
     assert!(items[0].result.is_err());
-    assert_eq!(items[1].result.as_ref().unwrap().event.kind(), "spot_interruption_warning");
+    assert_eq!(
+        items[1].result.as_ref().unwrap().event.kind(),
+        "spot_interruption_warning"
+    );
     assert!(parse_document(doc.to_string().as_bytes()).is_err());
 }
 
 #[test]
 fn unneeded_envelope_fields_may_be_missing_or_malformed() {
-    let mut v: serde_json::Value = serde_json::from_slice(&fixture("spot-interruption-warning.json")).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fixture("spot-interruption-warning.json")).unwrap();
     let obj = v.as_object_mut().unwrap();
     obj.remove("id");
     obj.remove("account");
     obj.insert("time".into(), serde_json::json!("yesterday-ish"));
-    obj.insert("resources".into(), serde_json::json!(["arn:aws:ec2:us-east-2:1:instance/i-OTHER"]));
+    obj.insert(
+        "resources".into(),
+        serde_json::json!(["arn:aws:ec2:us-east-2:1:instance/i-OTHER"]),
+    );
     let events = parse_document(v.to_string().as_bytes()).unwrap();
-    assert_eq!(events[0].event.instance_ids(), vec!["i-1234567890abcdef0"], "detail wins over resources");
+    assert_eq!(
+        events[0].event.instance_ids(),
+        vec!["i-1234567890abcdef0"],
+        "detail wins over resources"
+    );
     assert_eq!(events[0].meta.time, None);
 }
 
@@ -177,8 +219,12 @@ fn a_lifecycle_hook_notification_sent_straight_to_sqs_is_read() {
         "EC2InstanceId": "i-0abc", "LifecycleActionToken": "tok",
         "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING", "Time": "2026-11-24T10:00:00.000Z"
     });
-    assert_eq!(one(body.to_string().as_bytes()).kind(), "lifecycle_terminate");
-    let test = serde_json::json!({"Event": "autoscaling:TEST_NOTIFICATION", "AutoScalingGroupName": "g"});
+    assert_eq!(
+        one(body.to_string().as_bytes()).kind(),
+        "lifecycle_terminate"
+    );
+    let test =
+        serde_json::json!({"Event": "autoscaling:TEST_NOTIFICATION", "AutoScalingGroupName": "g"});
     assert_eq!(one(test.to_string().as_bytes()).kind(), "ignored");
 }
 
@@ -186,7 +232,12 @@ fn a_lifecycle_hook_notification_sent_straight_to_sqs_is_read() {
 fn unknown_kinds_are_ignored_not_errors() {
     let v = serde_json::json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {}}});
     let e = one(v.to_string().as_bytes());
-    assert_eq!(e, Event::Ignored { reason: "no action for \"Object Created\" from \"aws.s3\"".into() });
+    assert_eq!(
+        e,
+        Event::Ignored {
+            reason: "no action for \"Object Created\" from \"aws.s3\"".into()
+        }
+    );
 }
 
 #[test]
@@ -207,7 +258,10 @@ fn malformed_input_names_what_is_wrong() {
     ];
     for (input, want) in cases {
         let err = parse_document(input.as_bytes()).unwrap_err().to_string();
-        assert!(err.contains(want), "{input:?}\n  gave {err:?}\n  want {want:?}");
+        assert!(
+            err.contains(want),
+            "{input:?}\n  gave {err:?}\n  want {want:?}"
+        );
     }
 }
 

@@ -1,5 +1,7 @@
 //! The scaling policy, scenario by scenario, then its invariants as properties.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use proptest::prelude::*;
 use zerospot_core::testing::*;
 use zerospot_core::{Action, Config, Decision, Disruption, Snapshot, decide};
@@ -18,10 +20,18 @@ fn kinds(d: &Decision) -> Vec<String> {
     d.actions
         .iter()
         .map(|a| match a {
-            Action::SetProtection { instance_id, protected, .. } => format!("protect {instance_id} {protected}"),
+            Action::SetProtection {
+                instance_id,
+                protected,
+                ..
+            } => format!("protect {instance_id} {protected}"),
             Action::Cordon { instance_id, .. } => format!("cordon {instance_id}"),
             Action::Drain { instance_id, .. } => format!("drain {instance_id}"),
-            Action::Terminate { instance_id, decrement_desired, .. } => {
+            Action::Terminate {
+                instance_id,
+                decrement_desired,
+                ..
+            } => {
                 format!("terminate {instance_id} decrement={decrement_desired}")
             }
             Action::SetDesiredCapacity { pool, to, .. } => format!("desired {pool} {to}"),
@@ -41,7 +51,11 @@ fn scales_from_zero_when_one_request_is_queued() {
     let d = decide(&snapshot().queued("llama", 1), &mps_config(), at(10));
     assert_eq!(d.desired("gpu"), Some(1));
     assert_eq!(kinds(&d), vec!["desired gpu 1"]);
-    assert!(d.pools[0].reason.contains("llama: 1 pods"), "{}", d.pools[0].reason);
+    assert!(
+        d.pools[0].reason.contains("llama: 1 pods"),
+        "{}",
+        d.pools[0].reason
+    );
 }
 
 #[test]
@@ -55,7 +69,11 @@ fn two_models_share_one_gpu_through_mps() {
     let s = snapshot().queued("llama", 1).queued("qwen", 1);
     assert_eq!(decide(&s, &mps_config(), at(0)).desired("gpu"), Some(1));
     let s = s.queued("qwen", 1);
-    assert_eq!(decide(&s, &mps_config(), at(0)).desired("gpu"), Some(2), "3 slots / 2 per node");
+    assert_eq!(
+        decide(&s, &mps_config(), at(0)).desired("gpu"),
+        Some(2),
+        "3 slots / 2 per node"
+    );
 }
 
 #[test]
@@ -65,13 +83,25 @@ fn counts_mig_slices_per_profile() {
     let mut big = model("big", "mig");
     big.mig_profile = Some("3g.40gb".into());
     let c = config(
-        vec![spot_pool("mig").mig(&[("1g.10gb", 4), ("3g.40gb", 1)]).max(10)],
+        vec![
+            spot_pool("mig")
+                .mig(&[("1g.10gb", 4), ("3g.40gb", 1)])
+                .max(10),
+        ],
         vec![small, big],
     );
     let s = snapshot().queued("small", 5).queued("big", 1);
-    assert_eq!(decide(&s, &c, at(0)).desired("mig"), Some(2), "5 small slices at 4 per node");
+    assert_eq!(
+        decide(&s, &c, at(0)).desired("mig"),
+        Some(2),
+        "5 small slices at 4 per node"
+    );
     let s = s.queued("big", 2);
-    assert_eq!(decide(&s, &c, at(0)).desired("mig"), Some(3), "3 big slices at 1 per node");
+    assert_eq!(
+        decide(&s, &c, at(0)).desired("mig"),
+        Some(3),
+        "3 big slices at 1 per node"
+    );
 }
 
 #[test]
@@ -79,25 +109,41 @@ fn concurrency_packs_requests_into_pods() {
     let mut m = model("llama", "gpu");
     m.concurrency = 4;
     let c = config(vec![spot_pool("gpu").max(10)], vec![m]);
-    assert_eq!(decide(&snapshot().queued("llama", 9), &c, at(0)).desired("gpu"), Some(3));
+    assert_eq!(
+        decide(&snapshot().queued("llama", 9), &c, at(0)).desired("gpu"),
+        Some(3)
+    );
 }
 
 #[test]
 fn never_goes_above_max_or_below_min() {
-    let c = config(vec![spot_pool("gpu").min(1).max(2)], vec![model("llama", "gpu")]);
-    assert_eq!(decide(&snapshot().queued("llama", 50), &c, at(0)).desired("gpu"), Some(2));
+    let c = config(
+        vec![spot_pool("gpu").min(1).max(2)],
+        vec![model("llama", "gpu")],
+    );
+    assert_eq!(
+        decide(&snapshot().queued("llama", 50), &c, at(0)).desired("gpu"),
+        Some(2)
+    );
     assert_eq!(decide(&snapshot(), &c, at(0)).desired("gpu"), Some(1));
 }
 
 #[test]
 fn keeps_an_idle_node_until_the_idle_window_has_passed() {
-    let s = snapshot().desired("gpu", 1).node(ready("i-1", "gpu").idle_since(at(0)).protected());
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").idle_since(at(0)).protected());
     let d = decide(&s, &mps_config(), at(299));
     assert!(d.actions.is_empty(), "{:?}", kinds(&d));
     let d = decide(&s, &mps_config(), at(300));
     assert_eq!(
         kinds(&d),
-        vec!["protect i-1 false", "cordon i-1", "drain i-1", "terminate i-1 decrement=true"]
+        vec![
+            "protect i-1 false",
+            "cordon i-1",
+            "drain i-1",
+            "terminate i-1 decrement=true"
+        ]
     );
     assert_eq!(d.desired("gpu"), Some(0));
 }
@@ -112,7 +158,11 @@ fn scales_in_only_idle_nodes_and_protects_busy_ones() {
         .in_flight("llama", 1);
     let d = decide(&s, &mps_config(), at(600));
     assert_eq!(terminated(&d), vec!["i-idle"]);
-    assert_eq!(d.desired("gpu"), Some(2), "the recently idle node stays until its window passes");
+    assert_eq!(
+        d.desired("gpu"),
+        Some(2),
+        "the recently idle node stays until its window passes"
+    );
     let k = kinds(&d);
     assert!(k.contains(&"protect i-busy true".to_string()), "{k:?}");
     assert!(k.contains(&"protect i-recent true".to_string()), "{k:?}");
@@ -133,26 +183,48 @@ fn removes_the_longest_idle_node_first() {
 fn an_interrupted_node_is_drained_and_replaced_at_once() {
     let s = snapshot()
         .desired("gpu", 1)
-        .node(ready("i-1", "gpu").in_flight(1).disrupted(Disruption::SpotInterruption).protected())
+        .node(
+            ready("i-1", "gpu")
+                .in_flight(1)
+                .disrupted(Disruption::SpotInterruption)
+                .protected(),
+        )
         .in_flight("llama", 1);
     let d = decide(&s, &mps_config(), at(100));
     assert_eq!(
         kinds(&d),
-        vec!["protect i-1 false", "cordon i-1", "drain i-1", "desired gpu 2"]
+        vec![
+            "protect i-1 false",
+            "cordon i-1",
+            "drain i-1",
+            "desired gpu 2"
+        ]
     );
-    assert!(terminated(&d).is_empty(), "work in flight: never terminated");
+    assert!(
+        terminated(&d).is_empty(),
+        "work in flight: never terminated"
+    );
 }
 
 #[test]
 fn an_interrupted_idle_node_is_removed_and_replaced() {
     let s = snapshot()
         .desired("gpu", 1)
-        .node(ready("i-1", "gpu").idle_since(at(90)).disrupted(Disruption::SpotInterruption))
+        .node(
+            ready("i-1", "gpu")
+                .idle_since(at(90))
+                .disrupted(Disruption::SpotInterruption),
+        )
         .queued("llama", 1);
     let d = decide(&s, &mps_config(), at(100));
     assert_eq!(
         kinds(&d),
-        vec!["cordon i-1", "drain i-1", "terminate i-1 decrement=true", "desired gpu 1"]
+        vec![
+            "cordon i-1",
+            "drain i-1",
+            "terminate i-1 decrement=true",
+            "desired gpu 1"
+        ]
     );
 }
 
@@ -160,7 +232,11 @@ fn an_interrupted_idle_node_is_removed_and_replaced() {
 fn a_rebalance_recommendation_cordons_without_draining() {
     let s = snapshot()
         .desired("gpu", 1)
-        .node(ready("i-1", "gpu").in_flight(1).disrupted(Disruption::RebalanceRecommendation))
+        .node(
+            ready("i-1", "gpu")
+                .in_flight(1)
+                .disrupted(Disruption::RebalanceRecommendation),
+        )
         .in_flight("llama", 1);
     let k = kinds(&decide(&s, &mps_config(), at(100)));
     assert_eq!(k, vec!["cordon i-1", "desired gpu 2"]);
@@ -176,15 +252,26 @@ fn a_node_that_never_became_gpu_ready_is_replaced() {
     let d = decide(&s, &mps_config(), at(601));
     assert_eq!(
         kinds(&d),
-        vec!["protect i-stuck false", "terminate i-stuck decrement=true", "desired gpu 1"]
+        vec![
+            "protect i-stuck false",
+            "terminate i-stuck decrement=true",
+            "desired gpu 1"
+        ]
     );
-    assert!(d.actions.iter().any(|a| matches!(a, Action::Terminate { reason, .. } if reason.contains("not GPU-ready"))));
+    assert!(d.actions.iter().any(
+        |a| matches!(a, Action::Terminate { reason, .. } if reason.contains("not GPU-ready"))
+    ));
 }
 
 #[test]
 fn does_not_decrement_below_min_when_replacing() {
-    let c = config(vec![spot_pool("gpu").min(1).max(3)], vec![model("llama", "gpu")]);
-    let s = snapshot().desired("gpu", 1).node(launching("i-stuck", "gpu", at(0)));
+    let c = config(
+        vec![spot_pool("gpu").min(1).max(3)],
+        vec![model("llama", "gpu")],
+    );
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(launching("i-stuck", "gpu", at(0)));
     let d = decide(&s, &c, at(1000));
     assert_eq!(kinds(&d), vec!["terminate i-stuck decrement=false"]);
     assert_eq!(d.desired("gpu"), Some(1));
@@ -193,7 +280,10 @@ fn does_not_decrement_below_min_when_replacing() {
 #[test]
 fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
     let c = config(
-        vec![spot_pool("spot").fallback("od").max(5), on_demand_pool("od").max(5)],
+        vec![
+            spot_pool("spot").fallback("od").max(5),
+            on_demand_pool("od").max(5),
+        ],
         vec![model("llama", "spot")],
     );
     let s = snapshot()
@@ -201,19 +291,30 @@ fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
         .queued("llama", 2)
         .capacity_failure("spot", at(100));
     let d = decide(&s, &c, at(200));
-    assert_eq!((d.desired("spot"), d.desired("od")), (Some(2), Some(0)), "one failure is not enough");
+    assert_eq!(
+        (d.desired("spot"), d.desired("od")),
+        (Some(2), Some(0)),
+        "one failure is not enough"
+    );
     let s = s.capacity_failure("spot", at(150));
     let d = decide(&s, &c, at(200));
     assert_eq!((d.desired("spot"), d.desired("od")), (Some(0), Some(2)));
     assert!(d.pools[0].capacity_constrained);
     let d = decide(&s, &c, at(100 + 601));
-    assert_eq!(d.desired("od"), Some(0), "failures outside the window are forgotten");
+    assert_eq!(
+        d.desired("od"),
+        Some(0),
+        "failures outside the window are forgotten"
+    );
 }
 
 #[test]
 fn a_constrained_pool_keeps_the_nodes_it_has() {
     let c = config(
-        vec![spot_pool("spot").fallback("od").max(5), on_demand_pool("od").max(5)],
+        vec![
+            spot_pool("spot").fallback("od").max(5),
+            on_demand_pool("od").max(5),
+        ],
         vec![model("llama", "spot")],
     );
     let s = snapshot()
@@ -231,7 +332,10 @@ fn a_constrained_pool_keeps_the_nodes_it_has() {
 fn notes_demand_for_models_it_does_not_know() {
     let d = decide(&snapshot().queued("mystery", 3), &mps_config(), at(0));
     assert_eq!(d.desired("gpu"), Some(0));
-    assert_eq!(d.notes, vec!["demand for unknown model \"mystery\" ignored"]);
+    assert_eq!(
+        d.notes,
+        vec!["demand for unknown model \"mystery\" ignored"]
+    );
 }
 
 #[test]
@@ -239,7 +343,11 @@ fn deciding_again_after_applying_a_decision_changes_nothing() {
     let mut s = snapshot()
         .desired("gpu", 3)
         .node(ready("i-1", "gpu").idle_since(at(0)))
-        .node(ready("i-2", "gpu").in_flight(2).disrupted(Disruption::SpotInterruption))
+        .node(
+            ready("i-2", "gpu")
+                .in_flight(2)
+                .disrupted(Disruption::SpotInterruption),
+        )
         .node(launching("i-3", "gpu", at(0)))
         .queued("llama", 3);
     let d = decide(&s, &mps_config(), at(1000));
@@ -266,22 +374,24 @@ fn arb_node(i: usize, pools: usize) -> impl Strategy<Value = zerospot_core::Node
         any::<bool>(),
         0i64..2000,
     )
-        .prop_map(move |(p, is_ready, in_flight, idle, disruption, cordoned, protected, launched)| {
-            let pool = format!("p{p}");
-            let id = format!("i-{i:04}");
-            let mut n = if is_ready {
-                ready(&id, &pool)
-            } else {
-                launching(&id, &pool, at(launched))
-            };
-            n.launched_at = at(launched);
-            n.in_flight = in_flight;
-            n.idle_since = if in_flight == 0 { idle.map(at) } else { None };
-            n.disruption = disruption;
-            n.cordoned = cordoned && disruption.is_some();
-            n.protected = protected;
-            n
-        })
+        .prop_map(
+            move |(p, is_ready, in_flight, idle, disruption, cordoned, protected, launched)| {
+                let pool = format!("p{p}");
+                let id = format!("i-{i:04}");
+                let mut n = if is_ready {
+                    ready(&id, &pool)
+                } else {
+                    launching(&id, &pool, at(launched))
+                };
+                n.launched_at = at(launched);
+                n.in_flight = in_flight;
+                n.idle_since = if in_flight == 0 { idle.map(at) } else { None };
+                n.disruption = disruption;
+                n.cordoned = cordoned && disruption.is_some();
+                n.protected = protected;
+                n
+            },
+        )
 }
 
 prop_compose! {

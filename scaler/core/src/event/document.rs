@@ -184,7 +184,12 @@ fn parse_time(t: &str) -> Option<DateTime<Utc>> {
 
 fn parse_json(input: &[u8]) -> Result<Value, EventError> {
     serde_json::from_slice(input).map_err(|e| EventError::NotJson {
-        message: e.to_string().split(" at line").next().unwrap_or_default().to_owned(),
+        message: e
+            .to_string()
+            .split(" at line")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
         line: e.line(),
         column: e.column(),
     })

@@ -66,7 +66,11 @@ fn ignored(reason: String) -> Event {
 }
 
 /// Routes an envelope by `(source, detail-type)` to its kind.
-pub(super) fn route(source: &str, detail_type: &str, envelope: &Value) -> Result<Event, EventError> {
+pub(super) fn route(
+    source: &str,
+    detail_type: &str,
+    envelope: &Value,
+) -> Result<Event, EventError> {
     match (source, detail_type) {
         ("aws.ec2", "EC2 Spot Instance Interruption Warning") => spot_interruption(envelope),
         ("aws.ec2", "EC2 Instance Rebalance Recommendation") => {
@@ -85,12 +89,14 @@ pub(super) fn route(source: &str, detail_type: &str, envelope: &Value) -> Result
             })
         }
         ("aws.autoscaling", "EC2 Instance-launch Lifecycle Action") => {
-            lifecycle(detail(envelope, "lifecycle_launch")?, "lifecycle_launch").map(Event::LifecycleLaunch)
+            lifecycle(detail(envelope, "lifecycle_launch")?, "lifecycle_launch")
+                .map(Event::LifecycleLaunch)
         }
-        ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action") => {
-            lifecycle(detail(envelope, "lifecycle_terminate")?, "lifecycle_terminate")
-                .map(Event::LifecycleTerminate)
-        }
+        ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action") => lifecycle(
+            detail(envelope, "lifecycle_terminate")?,
+            "lifecycle_terminate",
+        )
+        .map(Event::LifecycleTerminate),
         ("aws.autoscaling", "EC2 Instance Launch Unsuccessful") => launch_unsuccessful(envelope),
         ("aws.health", "AWS Health Event") => health(envelope),
         ("aws.cloudwatch", "CloudWatch Alarm State Change") => {
@@ -125,7 +131,12 @@ fn spot_interruption(envelope: &Value) -> Result<Event, EventError> {
 /// A lifecycle action's fields: in an EventBridge `detail`, or a hook's direct SQS notification.
 pub(super) fn lifecycle(d: &Value, kind: &'static str) -> Result<LifecycleAction, EventError> {
     Ok(LifecycleAction {
-        asg_name: req_str(d, "AutoScalingGroupName", kind, "detail.AutoScalingGroupName")?,
+        asg_name: req_str(
+            d,
+            "AutoScalingGroupName",
+            kind,
+            "detail.AutoScalingGroupName",
+        )?,
         instance_id: req_str(d, "EC2InstanceId", kind, "detail.EC2InstanceId")?,
         hook_name: req_str(d, "LifecycleHookName", kind, "detail.LifecycleHookName")?,
         token: opt_str(d, "LifecycleActionToken"),
@@ -146,7 +157,12 @@ fn launch_unsuccessful(envelope: &Value) -> Result<Event, EventError> {
         .iter()
         .any(|k| lower.contains(k));
     Ok(Event::LaunchUnsuccessful {
-        asg_name: req_str(d, "AutoScalingGroupName", kind, "detail.AutoScalingGroupName")?,
+        asg_name: req_str(
+            d,
+            "AutoScalingGroupName",
+            kind,
+            "detail.AutoScalingGroupName",
+        )?,
         instance_id: opt_str(d, "EC2InstanceId"),
         message: (!message.is_empty()).then_some(message),
         capacity_shortage,

@@ -182,16 +182,24 @@ impl Event {
             | Event::RebalanceRecommendation { instance_id }
             | Event::InstanceStateChange { instance_id, .. } => vec![instance_id],
             Event::LifecycleLaunch(a) | Event::LifecycleTerminate(a) => vec![&a.instance_id],
-            Event::LaunchUnsuccessful { instance_id, .. } => instance_id.iter().map(String::as_str).collect(),
-            Event::ScheduledChange { instance_ids, .. } => instance_ids.iter().map(String::as_str).collect(),
-            Event::AlarmStateChange { .. } | Event::ScheduledEvent { .. } | Event::Ignored { .. } => Vec::new(),
+            Event::LaunchUnsuccessful { instance_id, .. } => {
+                instance_id.iter().map(String::as_str).collect()
+            }
+            Event::ScheduledChange { instance_ids, .. } => {
+                instance_ids.iter().map(String::as_str).collect()
+            }
+            Event::AlarmStateChange { .. }
+            | Event::ScheduledEvent { .. }
+            | Event::Ignored { .. } => Vec::new(),
         }
     }
 
     /// What zerospot does about this event.
     pub fn action(&self) -> EventAction {
         match self {
-            Event::SpotInterruptionWarning { .. } | Event::ScheduledChange { .. } => EventAction::CordonAndDrain,
+            Event::SpotInterruptionWarning { .. } | Event::ScheduledChange { .. } => {
+                EventAction::CordonAndDrain
+            }
             Event::RebalanceRecommendation { .. } => EventAction::CordonAndReplace,
             Event::InstanceStateChange { state, .. } => match state.as_str() {
                 "stopping" | "shutting-down" => EventAction::CordonAndDrain,
@@ -244,7 +252,11 @@ impl Event {
                 ..
             } => format!(
                 "launch failed in {asg_name}{}: {}",
-                if *capacity_shortage { " (no capacity)" } else { "" },
+                if *capacity_shortage {
+                    " (no capacity)"
+                } else {
+                    ""
+                },
                 message.as_deref().unwrap_or("no message")
             ),
             Event::ScheduledChange {
