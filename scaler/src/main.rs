@@ -72,13 +72,19 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn input(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: 2, error: error.into() }
+        Failure {
+            code: 2,
+            error: error.into(),
+        }
     }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Self {
-        Failure { code: 1, error: error.into() }
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
     }
 }
 
@@ -100,7 +106,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ExplainEvent { input } => explain::explain_event(&input),
-        Command::Plan { snapshot, now, compact } => plan::plan(snapshot.as_deref(), now, compact),
+        Command::Plan {
+            snapshot,
+            now,
+            compact,
+        } => plan::plan(snapshot.as_deref(), now, compact),
         Command::CheckRequest { input, now } => plan::check_request(&input, now),
     };
     match result {
