@@ -448,8 +448,14 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         }
 
         // Usable surplus: only nodes idle for the whole window, longest idle first.
+        // Count surplus among GPU-ready nodes only: removing a ready node while a launching one is on its
+        // way would pay for a boot to end up where we started. Surplus launching nodes idle out later.
         let usable_now = saturate(usable_count[pi]);
-        let surplus = usable_now.saturating_sub(keep_usable) as usize;
+        let ready_now = pool_nodes
+            .iter()
+            .filter(|n| usable(n) && n.state == NodeState::GpuReady)
+            .count();
+        let surplus = ready_now.saturating_sub(keep_usable as usize);
         idle_usable.sort_by(|a, b| {
             a.idle_since
                 .cmp(&b.idle_since)
