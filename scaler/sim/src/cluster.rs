@@ -1,0 +1,929 @@
+//! The simulated cluster: nodes, model pods in MPS slots, the request queue, the event heap and billing.
+//!
+//! Every policy but the oracle runs on this same cluster; only the controller that decides how many nodes
+//! (and, for KEDA, how many pods) to run differs.
+//!
+//! # Mechanics, the same for every policy
+//! - Requests wait in a FIFO queue per model (SQS for zerospot and KEDA; Knative's activator for the other
+//!   peers) and are never dropped by a slow cold start. A request is lost only when it has waited longer
+//!   than the deadline when a worker picks it up, or after too many attempts.
+//! - Model pods take one MPS slot each. Pods are placed bin-packing (on the node with most pods that has a
+//!   free slot), load their model (plus the image pull on a node's first pod), then serve `pod_concurrency`
+//!   requests at a time.
+//! - When a node dies (Spot interruption after the two-minute notice), requests in flight on it go back to
+//!   the front of their queue and count as requeued; the request is served again from the start.
+//! - Billing: per second from launch to termination, with a 60-second minimum; failed launches are free.
+
+use crate::cloud::Cloud;
+use crate::rng::Rng;
+use crate::serving::Serving;
+use crate::workload::{Request, Workload};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// What a scheduled event does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Ev {
+    /// The node's GPU is ready.
+    NodeReady(u32),
+    /// The node's launch failed for lack of Spot capacity.
+    LaunchFailed(u32),
+    /// A pod finished loading its model: `(node, slot)`.
+    PodReady(u32, u8),
+    /// A request finished: `(request, attempt)`.
+    Complete(u32, u8),
+    /// A Spot interruption notice for the node.
+    Notice(u32),
+    /// The node is terminated by EC2 (end of the notice).
+    Kill(u32),
+    /// A controller's timer, with a tag the controller chooses.
+    Tick(u8),
+    /// An Auto Scaling group may retry a failed launch: pool index.
+    AsgRetry(u8),
+}
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReqState {
+    NotArrived,
+    Queued,
+    Running,
+    Done,
+    Lost,
+}
+
+/// Per-request bookkeeping.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReqInfo {
+    pub state: ReqState,
+    pub attempt: u8,
+    /// Time queued since (while queued).
+    pub queued_since: f64,
+    /// Time waited in the queue so far.
+    pub waited: f64,
+    pub node: u32,
+    pub slot: u8,
+    /// The interruption that last requeued it (0: none).
+    pub interrupted_by: u32,
+}
+
+/// A model pod in one MPS slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pod {
+    pub model: u16,
+    pub ready: bool,
+    pub ready_at: f64,
+    pub in_flight: u32,
+    pub idle_since: f64,
+    /// Being removed: serves what it has, takes nothing new, does not count as capacity.
+    pub terminating: bool,
+}
+
+/// One instance.
+#[derive(Debug, Clone)]
+pub(crate) struct SimNode {
+    pub pool: u8,
+    pub spot: bool,
+    pub launched_at: f64,
+    pub ready: bool,
+    pub gone: bool,
+    pub failed: bool,
+    pub cordoned: bool,
+    pub draining: bool,
+    pub noticed: bool,
+    pub protected: bool,
+    pub interruption_id: u32,
+    pub image_ready_at: Option<f64>,
+    pub pods: Vec<Option<Pod>>,
+    pub running: Vec<u32>,
+    pub in_flight: u32,
+    pub idle_since: f64,
+    pub empty_since: f64,
+    /// Always-on: which chunk of the fixed layout this node carries.
+    pub layout_chunk: Option<u32>,
+}
+
+impl SimNode {
+    pub fn schedulable(&self) -> bool {
+        self.ready && !self.gone && !self.cordoned && !self.draining
+    }
+    pub fn pod_count(&self) -> usize {
+        self.pods.iter().filter(|p| p.is_some()).count()
+    }
+    pub fn free_slot(&self) -> Option<usize> {
+        self.pods.iter().position(Option::is_none)
+    }
+}
+
+/// An Auto Scaling group: keeps `desired` instances, retries failed launches.
+#[derive(Debug, Clone)]
+pub(crate) struct Asg {
+    pub spot: bool,
+    pub desired: u32,
+    pub max: u32,
+    pub retry_at: f64,
+    pub failures: Vec<f64>,
+}
+
+/// Who scales pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PodScaling {
+    /// Knative's KPA: pods for queued plus in-flight work at once; an idle pod goes after `pod_idle_s`.
+    Knative,
+    /// The controller sets replicas (KEDA + HPA).
+    External,
+    /// A fixed layout per node (always-on).
+    Fixed,
+}
+
+/// One point of the time series for plots.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Sample {
+    /// Seconds from the start.
+    pub t: f64,
+    /// Instances alive (launching included).
+    pub nodes: u32,
+    /// Requests waiting.
+    pub queued: u64,
+    /// Cost so far, USD (ignoring the 60-second minimum until an instance ends).
+    pub cost_usd: f64,
+}
+
+/// Counters a run reports.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    pub completed: u64,
+    pub lost: u64,
+    pub requeued: u64,
+    pub interruptions: u32,
+    pub interruptions_failed: Vec<bool>,
+    pub scale_ups: u32,
+    pub scale_downs: u32,
+    pub launch_failures: u32,
+    pub billed_s: f64,
+    pub cost_usd: f64,
+    pub delays: Vec<f32>,
+}
+
+/// Knobs of the cluster that are the same for every policy.
+#[derive(Debug, Clone)]
+pub struct ClusterParams {
+    /// Cloud model.
+    pub cloud: Cloud,
+    /// Serving model.
+    pub serving: Serving,
+    /// A request that waited longer than this when picked up is lost, seconds.
+    pub deadline_s: f64,
+    /// A request requeued more than this many times is lost.
+    pub max_attempts: u8,
+    /// Knative: an idle pod is removed after this long (stable window 60 s + scale-to-zero grace 30 s).
+    pub pod_idle_s: f64,
+    /// Largest size of any group or node pool.
+    pub max_nodes: u32,
+    /// Points in the time series (0: none).
+    pub series_points: u32,
+}
+
+pub(crate) struct Cluster<'w> {
+    pub p: &'w ClusterParams,
+    pub requests: &'w [Request],
+    pub models: usize,
+    pub now: f64,
+    pub horizon: f64,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    pub rng: Rng,
+    pub reqs: Vec<ReqInfo>,
+    pub queues: Vec<VecDeque<u32>>,
+    pub queued_total: u64,
+    pub running: Vec<u64>,
+    pub unresolved: u64,
+    pub nodes: Vec<SimNode>,
+    pub live: Vec<u32>,
+    pub asgs: Vec<Asg>,
+    pub pod_scaling: PodScaling,
+    /// Pods per model that are placed (loading or ready, not terminating).
+    pub pods_placed: Vec<u32>,
+    /// Pods per model that are ready and not terminating.
+    pub pods_ready: Vec<u32>,
+    /// Pods per model waiting for a slot.
+    pub pending: Vec<u32>,
+    pub pending_total: u32,
+    pub fixed_layout: Vec<u16>,
+    pub layout_free: VecDeque<u32>,
+    pub c: Counters,
+    pub series: Vec<Sample>,
+    series_dt: f64,
+    next_sample: f64,
+    cost_rate: f64,
+    cost_so_far: f64,
+    cost_at: f64,
+    // Flags controllers read after each event.
+    pub unmet_demand: bool,
+    pub pending_grew: bool,
+    pub disrupted: bool,
+}
+
+fn key(t: f64) -> u64 {
+    // Non-negative finite times order like their bit patterns.
+    t.max(0.0).to_bits()
+}
+
+impl<'w> Cluster<'w> {
+    pub fn new(
+        p: &'w ClusterParams,
+        workload: &'w Workload,
+        seed: u64,
+        pod_scaling: PodScaling,
+    ) -> Self {
+        let models = workload.models.len().max(1);
+        let horizon = workload
+            .horizon_s
+            .max(workload.requests.last().map_or(0.0, |r| r.at));
+        let series_dt = if p.series_points > 0 {
+            (horizon / f64::from(p.series_points)).max(1.0)
+        } else {
+            f64::INFINITY
+        };
+        Cluster {
+            p,
+            requests: &workload.requests,
+            models,
+            now: 0.0,
+            horizon,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            rng: Rng::new(seed, 0x636c_7573),
+            reqs: vec![
+                ReqInfo {
+                    state: ReqState::NotArrived,
+                    attempt: 0,
+                    queued_since: 0.0,
+                    waited: 0.0,
+                    node: 0,
+                    slot: 0,
+                    interrupted_by: 0,
+                };
+                workload.requests.len()
+            ],
+            queues: vec![VecDeque::new(); models],
+            queued_total: 0,
+            running: vec![0; models],
+            unresolved: workload.requests.len() as u64,
+            nodes: Vec::new(),
+            live: Vec::new(),
+            asgs: Vec::new(),
+            pod_scaling,
+            pods_placed: vec![0; models],
+            pods_ready: vec![0; models],
+            pending: vec![0; models],
+            pending_total: 0,
+            fixed_layout: Vec::new(),
+            layout_free: VecDeque::new(),
+            c: Counters {
+                delays: Vec::with_capacity(workload.requests.len()),
+                interruptions_failed: vec![false],
+                ..Counters::default()
+            },
+            series: Vec::new(),
+            series_dt,
+            next_sample: 0.0,
+            cost_rate: 0.0,
+            cost_so_far: 0.0,
+            cost_at: 0.0,
+            unmet_demand: false,
+            pending_grew: false,
+            disrupted: false,
+        }
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.p.serving.slots_per_gpu.max(1)
+    }
+
+    pub fn schedule(&mut self, at: f64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse((key(at), self.seq, ev)));
+    }
+
+    pub fn peek_time(&self) -> Option<f64> {
+        self.heap
+            .peek()
+            .map(|Reverse((k, _, _))| f64::from_bits(*k))
+    }
+
+    pub fn pop(&mut self) -> Option<(f64, Ev)> {
+        self.heap
+            .pop()
+            .map(|Reverse((k, _, ev))| (f64::from_bits(k), ev))
+    }
+
+    /// Records series points up to `t` (before the state changes at `t`).
+    pub fn sample_until(&mut self, t: f64) {
+        while self.next_sample <= t && self.next_sample.is_finite() {
+            let at = self.next_sample;
+            self.series.push(Sample {
+                t: at,
+                nodes: self.live.len() as u32,
+                queued: self.queued_total,
+                cost_usd: self.cost_so_far + self.cost_rate * (at - self.cost_at),
+            });
+            self.next_sample += self.series_dt;
+        }
+    }
+
+    fn add_cost_rate(&mut self, delta: f64) {
+        self.cost_so_far += self.cost_rate * (self.now - self.cost_at);
+        self.cost_at = self.now;
+        self.cost_rate += delta;
+    }
+
+    // ----- nodes -----
+
+    /// Launches an instance now; it becomes ready after a boot time, or fails for lack of Spot capacity.
+    pub fn launch(&mut self, pool: u8, spot: bool) -> u32 {
+        let id = self.nodes.len() as u32;
+        let cloud = &self.p.cloud;
+        let fails = spot && self.rng.chance(cloud.capacity_failure_probability);
+        let boot = self.rng.between(cloud.boot_min_s, cloud.boot_max_s);
+        let interrupt_after = if spot && cloud.interruption_rate_per_hour > 0.0 {
+            self.rng
+                .exponential(3600.0 / cloud.interruption_rate_per_hour)
+        } else {
+            f64::INFINITY
+        };
+        self.nodes.push(SimNode {
+            pool,
+            spot,
+            launched_at: self.now,
+            ready: false,
+            gone: false,
+            failed: false,
+            cordoned: false,
+            draining: false,
+            noticed: false,
+            protected: false,
+            interruption_id: 0,
+            image_ready_at: None,
+            pods: vec![None; self.slots() as usize],
+            running: Vec::new(),
+            in_flight: 0,
+            idle_since: self.now,
+            empty_since: self.now,
+            layout_chunk: None,
+        });
+        self.live.push(id);
+        self.c.scale_ups += 1;
+        if fails {
+            let at = self.now + cloud.capacity_failure_detect_s;
+            self.schedule(at, Ev::LaunchFailed(id));
+        } else {
+            let price = self.p.cloud.price_per_s(spot);
+            self.add_cost_rate(price);
+            self.schedule(self.now + boot, Ev::NodeReady(id));
+            if interrupt_after.is_finite() {
+                self.schedule(self.now + interrupt_after, Ev::Notice(id));
+            }
+        }
+        id
+    }
+
+    /// An instance that is ready at time 0, launched one worst-case cold start earlier (always-on).
+    pub fn prewarmed(&mut self, pool: u8, spot: bool) -> u32 {
+        let id = self.launch(pool, spot);
+        let node = &mut self.nodes[id as usize];
+        node.launched_at = -self.p.cloud.cold_start_max_s();
+        node.image_ready_at = Some(0.0);
+        self.node_ready(id);
+        id
+    }
+
+    pub fn node_ready(&mut self, id: u32) {
+        let now = self.now;
+        let node = &mut self.nodes[id as usize];
+        if node.gone || node.ready {
+            return;
+        }
+        node.ready = true;
+        node.idle_since = now;
+        node.empty_since = now;
+        if self.pod_scaling == PodScaling::Fixed {
+            let warm = node.launched_at < 0.0;
+            let chunk = self.layout_free.pop_front().unwrap_or(0);
+            node.layout_chunk = Some(chunk);
+            let slots = self.slots() as usize;
+            let start = chunk as usize * slots;
+            for slot in 0..slots {
+                let model = self.fixed_layout.get(start + slot).copied().unwrap_or(0);
+                self.place_pod(id, slot, model, warm);
+            }
+        }
+        self.schedule_pods();
+    }
+
+    pub fn launch_failed(&mut self, id: u32) {
+        let node = &mut self.nodes[id as usize];
+        if node.gone {
+            return;
+        }
+        node.failed = true;
+        node.gone = true;
+        let pool = node.pool as usize;
+        self.live.retain(|n| *n != id);
+        self.c.launch_failures += 1;
+        self.c.scale_ups -= 1;
+        if let Some(asg) = self.asgs.get_mut(pool) {
+            asg.failures.push(self.now);
+            asg.retry_at = self.now + self.p.cloud.asg_retry_s;
+            let at = asg.retry_at;
+            self.schedule(at, Ev::AsgRetry(pool as u8));
+        }
+        self.disrupted = true;
+    }
+
+    /// A Spot interruption notice: the node dies `interruption_notice_s` later.
+    pub fn notice(&mut self, id: u32) {
+        let node = &self.nodes[id as usize];
+        if node.gone || node.noticed {
+            return;
+        }
+        self.c.interruptions += 1;
+        self.c.interruptions_failed.push(false);
+        let iid = self.c.interruptions;
+        let node = &mut self.nodes[id as usize];
+        node.noticed = true;
+        node.interruption_id = iid;
+        let at = self.now + self.p.cloud.interruption_notice_s;
+        self.schedule(at, Ev::Kill(id));
+        self.disrupted = true;
+    }
+
+    /// Ends an instance: requeues its requests, drops its pods, bills it.
+    pub fn end_node(&mut self, id: u32, by_policy: bool) {
+        let now = self.now;
+        if self.nodes[id as usize].gone {
+            return;
+        }
+        let running = std::mem::take(&mut self.nodes[id as usize].running);
+        let iid = self.nodes[id as usize].interruption_id;
+        for r in running {
+            self.requeue(r, iid);
+        }
+        let slots = self.nodes[id as usize].pods.len();
+        for slot in 0..slots {
+            self.remove_pod(id, slot);
+        }
+        let node = &mut self.nodes[id as usize];
+        node.gone = true;
+        node.in_flight = 0;
+        if let Some(chunk) = node.layout_chunk.take() {
+            self.layout_free.push_back(chunk);
+        }
+        let ran = now - node.launched_at;
+        let spot = node.spot;
+        self.live.retain(|n| *n != id);
+        let billed = self.p.cloud.billed_s(ran);
+        self.c.billed_s += billed;
+        self.c.cost_usd += billed * self.p.cloud.price_per_s(spot);
+        let price = self.p.cloud.price_per_s(spot);
+        self.add_cost_rate(-price);
+        // The 60-second minimum, if it applies, lands in the series now.
+        self.cost_so_far += (billed - ran) * price;
+        if by_policy {
+            self.c.scale_downs += 1;
+        }
+        self.disrupted = true;
+        self.reconcile_pods_after_loss();
+    }
+
+    /// Cordons and drains a node: idle pods go now, busy pods finish what they serve and go.
+    pub fn drain(&mut self, id: u32) {
+        let node = &mut self.nodes[id as usize];
+        if node.gone {
+            return;
+        }
+        node.cordoned = true;
+        node.draining = true;
+        for slot in 0..node.pods.len() {
+            self.retire_pod(id, slot);
+        }
+        self.reconcile_pods_after_loss();
+    }
+
+    fn reconcile_pods_after_loss(&mut self) {
+        if self.pod_scaling == PodScaling::Knative {
+            for m in 0..self.models {
+                self.knative_scale_up(m);
+            }
+        }
+        self.schedule_pods();
+    }
+
+    // ----- pods -----
+
+    /// Knative's KPA: enough pods for the work now.
+    pub fn knative_want(&self, m: usize) -> u32 {
+        let work = self.queues[m].len() as u64 + self.running[m];
+        work.div_ceil(u64::from(self.p.serving.pod_concurrency.max(1))) as u32
+    }
+
+    pub fn knative_scale_up(&mut self, m: usize) {
+        let want = self.knative_want(m);
+        let have = self.pods_placed[m] + self.pending[m];
+        if want > have {
+            self.add_pending(m, want - have);
+        }
+    }
+
+    pub fn add_pending(&mut self, m: usize, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.pending[m] += n;
+        self.pending_total += n;
+        self.pending_grew = true;
+        self.schedule_pods();
+    }
+
+    pub fn cancel_pending(&mut self, m: usize, n: u32) -> u32 {
+        let k = n.min(self.pending[m]);
+        self.pending[m] -= k;
+        self.pending_total -= k;
+        k
+    }
+
+    /// Places pending pods on schedulable nodes with free slots, most-allocated node first.
+    pub fn schedule_pods(&mut self) {
+        if self.pending_total == 0 {
+            return;
+        }
+        for m in 0..self.models {
+            while self.pending[m] > 0 {
+                let mut best: Option<(usize, u32)> = None;
+                for &id in &self.live {
+                    let node = &self.nodes[id as usize];
+                    if !node.schedulable() || node.free_slot().is_none() {
+                        continue;
+                    }
+                    let count = node.pod_count();
+                    if best.is_none_or(|(c, _)| count > c) {
+                        best = Some((count, id));
+                    }
+                }
+                let Some((_, id)) = best else {
+                    return;
+                };
+                let Some(slot) = self.nodes[id as usize].free_slot() else {
+                    return;
+                };
+                self.pending[m] -= 1;
+                self.pending_total -= 1;
+                self.place_pod(id, slot, m as u16, false);
+            }
+        }
+    }
+
+    fn place_pod(&mut self, id: u32, slot: usize, model: u16, warm: bool) {
+        let now = self.now;
+        let cloud = &self.p.cloud;
+        let node = &mut self.nodes[id as usize];
+        let image = *node.image_ready_at.get_or_insert(now + cloud.image_pull_s);
+        let ready_at = if warm {
+            now
+        } else {
+            image.max(now) + cloud.model_load_s
+        };
+        node.pods[slot] = Some(Pod {
+            model,
+            ready: false,
+            ready_at,
+            in_flight: 0,
+            idle_since: now,
+            terminating: false,
+        });
+        node.empty_since = f64::INFINITY;
+        self.pods_placed[model as usize] += 1;
+        if warm {
+            self.pod_ready(id, slot as u8);
+        } else {
+            self.schedule(ready_at, Ev::PodReady(id, slot as u8));
+        }
+    }
+
+    pub fn pod_ready(&mut self, id: u32, slot: u8) {
+        let now = self.now;
+        let node = &mut self.nodes[id as usize];
+        if node.gone {
+            return;
+        }
+        let Some(pod) = node.pods.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if pod.ready || pod.terminating || pod.ready_at > now {
+            return;
+        }
+        pod.ready = true;
+        pod.idle_since = now;
+        let m = pod.model as usize;
+        self.pods_ready[m] += 1;
+        self.dispatch(m);
+    }
+
+    /// Stops counting a pod as capacity; removes it now if idle, else when its last request ends.
+    pub fn retire_pod(&mut self, id: u32, slot: usize) {
+        let node = &mut self.nodes[id as usize];
+        let Some(pod) = node.pods[slot].as_mut() else {
+            return;
+        };
+        if !pod.terminating {
+            pod.terminating = true;
+            let m = pod.model as usize;
+            self.pods_placed[m] -= 1;
+            if pod.ready {
+                self.pods_ready[m] -= 1;
+            }
+        }
+        if self.nodes[id as usize].pods[slot].is_some_and(|p| p.in_flight == 0) {
+            self.remove_pod(id, slot);
+        }
+    }
+
+    fn remove_pod(&mut self, id: u32, slot: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[id as usize];
+        let Some(pod) = node.pods[slot].take() else {
+            return;
+        };
+        if !pod.terminating {
+            let m = pod.model as usize;
+            self.pods_placed[m] -= 1;
+            if pod.ready {
+                self.pods_ready[m] -= 1;
+            }
+        }
+        if node.pods.iter().all(Option::is_none) {
+            node.empty_since = now;
+        }
+        self.schedule_pods();
+    }
+
+    /// Knative's scale-down: pods idle for `pod_idle_s` that the work does not need go.
+    pub fn knative_scale_down(&mut self) {
+        let idle = self.p.pod_idle_s;
+        for m in 0..self.models {
+            let want = self.knative_want(m);
+            let surplus_pending = (self.pods_placed[m] + self.pending[m]).saturating_sub(want);
+            self.cancel_pending(m, surplus_pending);
+        }
+        for i in 0..self.live.len() {
+            let id = self.live[i];
+            for slot in 0..self.slots() as usize {
+                let Some(pod) = self.nodes[id as usize].pods[slot] else {
+                    continue;
+                };
+                let m = pod.model as usize;
+                if pod.ready
+                    && !pod.terminating
+                    && pod.in_flight == 0
+                    && self.now - pod.idle_since >= idle
+                    && self.pods_placed[m] > self.knative_want(m)
+                {
+                    self.retire_pod(id, slot);
+                }
+            }
+        }
+    }
+
+    /// Sets a model's replica count (KEDA/HPA): pending first, then idle pods, then busy pods (gracefully).
+    pub fn set_replicas(&mut self, m: usize, replicas: u32) {
+        let have = self.pods_placed[m] + self.pending[m];
+        if replicas > have {
+            self.add_pending(m, replicas - have);
+            return;
+        }
+        let mut excess = have - replicas;
+        excess -= self.cancel_pending(m, excess);
+        for busy_too in [false, true] {
+            for i in 0..self.live.len() {
+                if excess == 0 {
+                    return;
+                }
+                let id = self.live[i];
+                for slot in 0..self.slots() as usize {
+                    if excess == 0 {
+                        break;
+                    }
+                    let Some(pod) = self.nodes[id as usize].pods[slot] else {
+                        continue;
+                    };
+                    if pod.model as usize == m
+                        && !pod.terminating
+                        && (busy_too || pod.in_flight == 0)
+                    {
+                        self.retire_pod(id, slot);
+                        excess -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- requests -----
+
+    pub fn arrive(&mut self, r: u32) {
+        let m = self.requests[r as usize].model as usize;
+        let info = &mut self.reqs[r as usize];
+        info.state = ReqState::Queued;
+        info.queued_since = self.now;
+        self.queues[m].push_back(r);
+        self.queued_total += 1;
+        match self.pod_scaling {
+            PodScaling::Knative => self.knative_scale_up(m),
+            PodScaling::External | PodScaling::Fixed => {}
+        }
+        self.dispatch(m);
+        if !self.queues[m].is_empty() {
+            self.unmet_demand = true;
+        }
+    }
+
+    fn lose(&mut self, r: u32) {
+        let info = &mut self.reqs[r as usize];
+        info.state = ReqState::Lost;
+        let iid = info.interrupted_by as usize;
+        self.c.lost += 1;
+        self.unresolved -= 1;
+        if iid > 0
+            && let Some(f) = self.c.interruptions_failed.get_mut(iid)
+        {
+            *f = true;
+        }
+    }
+
+    fn requeue(&mut self, r: u32, interruption: u32) {
+        let now = self.now;
+        let (node, slot) = (
+            self.reqs[r as usize].node,
+            self.reqs[r as usize].slot as usize,
+        );
+        let m = self.requests[r as usize].model as usize;
+        if let Some(pod) = self.nodes[node as usize].pods[slot].as_mut() {
+            pod.in_flight = pod.in_flight.saturating_sub(1);
+        }
+        self.running[m] -= 1;
+        self.c.requeued += 1;
+        let info = &mut self.reqs[r as usize];
+        info.attempt = info.attempt.saturating_add(1);
+        if interruption > 0 {
+            info.interrupted_by = interruption;
+        }
+        if info.attempt >= self.p.max_attempts {
+            self.lose(r);
+            return;
+        }
+        info.state = ReqState::Queued;
+        info.queued_since = now;
+        self.queues[m].push_front(r);
+        self.queued_total += 1;
+        self.unmet_demand = true;
+    }
+
+    /// Starts queued requests of model `m` on ready pods with room, while both last.
+    pub fn dispatch(&mut self, m: usize) {
+        let conc = self.p.serving.pod_concurrency.max(1);
+        while !self.queues[m].is_empty() && self.pods_ready[m] > 0 {
+            // Find a ready pod of m with room on a schedulable node: lowest node id first (packing).
+            let mut found = None;
+            'search: for &id in &self.live {
+                let node = &self.nodes[id as usize];
+                if !node.schedulable() {
+                    continue;
+                }
+                for (slot, pod) in node.pods.iter().enumerate() {
+                    if let Some(pod) = pod
+                        && pod.model as usize == m
+                        && pod.ready
+                        && !pod.terminating
+                        && pod.in_flight < conc
+                    {
+                        found = Some((id, slot));
+                        break 'search;
+                    }
+                }
+            }
+            let Some((id, slot)) = found else {
+                return;
+            };
+            let Some(r) = self.queues[m].pop_front() else {
+                return;
+            };
+            self.queued_total -= 1;
+            let waited =
+                self.reqs[r as usize].waited + (self.now - self.reqs[r as usize].queued_since);
+            if waited > self.p.deadline_s {
+                self.reqs[r as usize].waited = waited;
+                self.lose(r);
+                continue;
+            }
+            self.start(r, id, slot, waited);
+        }
+    }
+
+    fn start(&mut self, r: u32, id: u32, slot: usize, waited: f64) {
+        let req = self.requests[r as usize];
+        let node = &mut self.nodes[id as usize];
+        node.in_flight += 1;
+        let sharing = node.in_flight;
+        node.running.push(r);
+        if let Some(pod) = node.pods[slot].as_mut() {
+            pod.in_flight += 1;
+        }
+        let m = req.model as usize;
+        self.running[m] += 1;
+        let service = self
+            .p
+            .serving
+            .service_s(req.prompt_tokens, req.generated_tokens, sharing);
+        let info = &mut self.reqs[r as usize];
+        info.state = ReqState::Running;
+        info.waited = waited;
+        info.node = id;
+        info.slot = slot as u8;
+        let attempt = info.attempt;
+        self.schedule(self.now + service, Ev::Complete(r, attempt));
+    }
+
+    pub fn complete(&mut self, r: u32, attempt: u8) {
+        let info = self.reqs[r as usize];
+        if info.state != ReqState::Running || info.attempt != attempt {
+            return;
+        }
+        let now = self.now;
+        let m = self.requests[r as usize].model as usize;
+        let (id, slot) = (info.node, info.slot as usize);
+        self.reqs[r as usize].state = ReqState::Done;
+        self.unresolved -= 1;
+        self.running[m] -= 1;
+        self.c.completed += 1;
+        self.c.delays.push(info.waited as f32);
+        let node = &mut self.nodes[id as usize];
+        node.in_flight -= 1;
+        if let Some(pos) = node.running.iter().position(|x| *x == r) {
+            node.running.swap_remove(pos);
+        }
+        if node.in_flight == 0 {
+            node.idle_since = now;
+        }
+        let mut remove = false;
+        if let Some(pod) = node.pods[slot].as_mut() {
+            pod.in_flight -= 1;
+            if pod.in_flight == 0 {
+                pod.idle_since = now;
+                remove = pod.terminating;
+            }
+        }
+        if remove {
+            self.remove_pod(id, slot);
+        }
+        self.dispatch(m);
+    }
+
+    /// Requests still queued when the run ends are lost.
+    pub fn finish(&mut self) {
+        for m in 0..self.models {
+            while let Some(r) = self.queues[m].pop_front() {
+                self.queued_total -= 1;
+                self.lose(r);
+            }
+        }
+        let live = self.live.clone();
+        for id in live {
+            self.end_node(id, false);
+        }
+    }
+
+    // ----- Auto Scaling groups -----
+
+    /// Instances of a group that are alive (launching, ready, or under notice).
+    pub fn asg_instances(&self, pool: usize) -> u32 {
+        self.live
+            .iter()
+            .filter(|id| self.nodes[**id as usize].pool as usize == pool)
+            .count() as u32
+    }
+
+    /// Launches instances until the group holds its desired capacity (unless it is backing off).
+    pub fn asg_reconcile(&mut self, pool: usize) {
+        let Some(asg) = self.asgs.get(pool) else {
+            return;
+        };
+        if self.now < asg.retry_at {
+            return;
+        }
+        let (desired, spot) = (asg.desired.min(asg.max), asg.spot);
+        let have = self.asg_instances(pool);
+        for _ in have..desired {
+            self.launch(pool as u8, spot);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The oracle: knows every arrival in advance and buys the least node time at which no request waits.
+//!
+//! It walks the requests in arrival order and puts each on a node with a free lane (MPS slot x pod
+//! concurrency) at its arrival, choosing the node whose use adds least cost: a node already in its billed
+//! run adds nothing; a node idle since `end` adds `min(gap, cold start)`, because keeping it through the gap
+//! costs the gap and stopping and restarting it costs a fresh boot (launched exactly one cold start before
+//! the arrival); a new node costs one cold start. It boots with the *shortest* boot time, loads any model
+//! instantly on a warm node, is never interrupted and never fails to launch: every assumption favours it,
+//! so its cost is a lower bound for serving the workload with zero queueing delay. Each billed run is
+//! charged per second with the 60-second minimum, like the others.
+
+use crate::cloud::Cloud;
+use crate::cluster::Sample;
+use crate::serving::Serving;
+use crate::workload::Workload;
+
+/// What the oracle bought.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OracleRun {
+    pub billed_s: f64,
+    pub cost_usd: f64,
+    pub completed: u64,
+    pub runs: u32,
+    pub series: Vec<Sample>,
+    pub end: f64,
+}
+
+#[derive(Debug)]
+struct ONode {
+    lanes: Vec<f64>,
+    run_start: f64,
+    last_end: f64,
+}
+
+pub(crate) fn run(
+    workload: &Workload,
+    cloud: &Cloud,
+    serving: &Serving,
+    series_points: u32,
+) -> OracleRun {
+    let cold = cloud.cold_start_min_s();
+    let lanes = (serving.slots_per_gpu.max(1) * serving.pod_concurrency.max(1)) as usize;
+    let price = cloud.price_per_s(true);
+    let mut nodes: Vec<ONode> = Vec::new();
+    let mut runs: Vec<(f64, f64)> = Vec::new();
+    let mut out = OracleRun::default();
+    for r in &workload.requests {
+        let t = r.at;
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (i, n) in nodes.iter().enumerate() {
+            let Some(lane) = n.lanes.iter().position(|free| *free <= t) else {
+                continue;
+            };
+            let extra = if t <= n.last_end {
+                0.0
+            } else {
+                (t - n.last_end).min(cold)
+            };
+            if best.is_none_or(|(e, _, _)| extra < e) {
+                best = Some((extra, i, lane));
+            }
+        }
+        let (i, lane) = match best {
+            Some((extra, i, lane)) if extra < cold => (i, lane),
+            _ => {
+                nodes.push(ONode {
+                    lanes: vec![f64::NEG_INFINITY; lanes],
+                    run_start: t - cold,
+                    last_end: t,
+                });
+                (nodes.len() - 1, 0)
+            }
+        };
+        let n = &mut nodes[i];
+        if t > n.last_end + cold {
+            runs.push((n.run_start, n.last_end));
+            n.run_start = t - cold;
+        }
+        let sharing = n.lanes.iter().filter(|free| **free > t).count() as u32 + 1;
+        let end = t + serving.service_s(r.prompt_tokens, r.generated_tokens, sharing);
+        n.lanes[lane] = end;
+        n.last_end = n.last_end.max(end);
+        out.completed += 1;
+    }
+    for n in &nodes {
+        runs.push((n.run_start, n.last_end));
+    }
+    for (start, end) in &runs {
+        let billed = cloud.billed_s(end - start);
+        out.billed_s += billed;
+        out.cost_usd += billed * price;
+        out.end = out.end.max(*end);
+    }
+    out.runs = runs.len() as u32;
+    if series_points > 0 {
+        let horizon = workload.horizon_s.max(out.end);
+        let dt = (horizon / f64::from(series_points)).max(1.0);
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut t = 0.0;
+        while t <= horizon {
+            let mut live = 0;
+            let mut cost = 0.0;
+            for (s, e) in &runs {
+                if *s > t {
+                    break;
+                }
+                if *e > t {
+                    live += 1;
+                }
+                cost += (t.min(*e) - s).max(0.0) * price;
+            }
+            out.series.push(Sample {
+                t,
+                nodes: live,
+                queued: 0,
+                cost_usd: cost,
+            });
+            t += dt;
+        }
+    }
+    out
+}

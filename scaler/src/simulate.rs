@@ -1,0 +1,182 @@
+//! `zerospot simulate`: replays a workload through zerospot's policy and its peers and prints cost and
+//! queueing delay side by side (see `scaler/sim/README.md`).
+
+use crate::Failure;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use zerospot_core::Timing;
+use zerospot_sim::{
+    PolicyKind, Scenario, Shaping, SharingCurve, instance_type, simulate, workload,
+};
+
+/// Options of `zerospot simulate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Azure LLM inference trace (CSV: TIMESTAMP,ContextTokens,GeneratedTokens). Default: the embedded
+    /// synthetic bursty day, no file needed.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Keep each request with this probability (thins a dense trace into a sparse one).
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    sample: f64,
+    /// Multiply every arrival time by X (X > 1 stretches the trace: sparser, longer).
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    time_scale: f64,
+    /// Spread requests over this many models (seeded, Zipf weights 1, 1/2, 1/3, ...).
+    #[arg(long, default_value_t = 2)]
+    models: u16,
+    /// Requests in the synthetic day (ignored with --trace).
+    #[arg(long, default_value_t = workload::SYNTHETIC_DEFAULT_REQUESTS)]
+    requests: u64,
+    /// Seed for every random choice: same seed, same output.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// GPU instance type: g4dn.xlarge, g5.xlarge or g6.xlarge.
+    #[arg(long, default_value = "g5.xlarge")]
+    instance_type: String,
+    /// Spot price, USD per hour (default: the type's typical us-east-1 price, see the README).
+    #[arg(long, value_name = "USD")]
+    spot_price: Option<f64>,
+    /// Spot interruptions per node-hour (two-minute notice). AWS reports far lower rates; the default
+    /// stresses the interruption path.
+    #[arg(long, default_value_t = 0.02, value_name = "RATE")]
+    interruption_rate: f64,
+    /// Probability that a Spot launch fails for lack of capacity.
+    #[arg(long, default_value_t = 0.02, value_name = "P")]
+    capacity_failure_probability: f64,
+    /// Model pods per GPU (CUDA MPS replicas).
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Requests one pod serves at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Sharing slowdown curve: `small` (llama-1.1b on H100 with MPS) or `7b` (llama-7b).
+    #[arg(long, default_value = "small", value_parser = ["small", "7b"])]
+    model_shape: String,
+    /// A request that waited longer than this is lost, seconds.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    deadline: f64,
+    /// zerospot's idle window, seconds (default: the core policy's default).
+    #[arg(long, value_name = "SECONDS")]
+    idle_window: Option<u64>,
+    /// How often zerospot's controller calls the core policy, seconds of virtual time.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    tick: f64,
+    /// Always-on size (default: sized for the workload's peak).
+    #[arg(long, value_name = "N")]
+    always_on_nodes: Option<u32>,
+    /// Largest number of nodes any policy may run.
+    #[arg(long, default_value_t = 64)]
+    max_nodes: u32,
+    /// Policies to run, comma-separated (the oracle always runs).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zerospot,always-on,cluster-autoscaler,keda,karpenter"
+    )]
+    policies: Vec<String>,
+    /// Print JSON instead of the table.
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
+    /// Print the table as Markdown.
+    #[arg(long)]
+    markdown: bool,
+    /// Write plots (nodes, queue depth, cumulative cost; PNG and SVG) into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Failure> {
+    let shaping = Shaping {
+        sample: args.sample,
+        time_scale: args.time_scale,
+        models: args.models,
+        seed: args.seed,
+    };
+    let workload = match &args.trace {
+        Some(path) => workload::load_azure(path, &shaping),
+        None => workload::synthetic_day(args.requests, &shaping),
+    }
+    .map_err(Failure::input)?;
+    let instance = instance_type(&args.instance_type).map_err(Failure::input)?;
+    let mut scenario = Scenario::new(workload, args.seed);
+    let cloud = &mut scenario.cluster.cloud;
+    *cloud = zerospot_sim::Cloud::new(instance);
+    if let Some(price) = args.spot_price {
+        cloud.spot_per_hour = price;
+    }
+    cloud.interruption_rate_per_hour = args.interruption_rate;
+    cloud.capacity_failure_probability = args.capacity_failure_probability;
+    let serving = &mut scenario.cluster.serving;
+    serving.slots_per_gpu = args.slots;
+    serving.pod_concurrency = args.concurrency;
+    serving.prefill_tokens_per_s = instance.prefill_tokens_per_s;
+    serving.decode_tokens_per_s = instance.decode_tokens_per_s;
+    if args.model_shape == "7b" {
+        serving.curve = SharingCurve::h100_llama_7b_mps();
+    }
+    scenario.cluster.deadline_s = args.deadline;
+    scenario.cluster.max_nodes = args.max_nodes;
+    scenario.cluster.series_points = if args.out.is_some() { 2_000 } else { 0 };
+    scenario.policies.zerospot_tick_s = args.tick;
+    scenario.policies.always_on_nodes = args.always_on_nodes;
+    if let Some(idle) = args.idle_window {
+        scenario.policies.zerospot_timing = Timing {
+            idle_window_s: idle,
+            ..Timing::default()
+        };
+    }
+    scenario.run = args
+        .policies
+        .iter()
+        .map(|name| {
+            PolicyKind::parse(name.trim()).ok_or_else(|| {
+                let known: Vec<&str> = PolicyKind::ALL.iter().map(|p| p.name()).collect();
+                Failure::input(anyhow::anyhow!(
+                    "unknown policy {name:?} (known: {})",
+                    known.join(", ")
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    scenario.validate().map_err(Failure::input)?;
+
+    let total = scenario.workload.requests.len() as u64 * (scenario.run.len() as u64 + 1);
+    let progress = AtomicU64::new(0);
+    let report = std::thread::scope(|scope| {
+        let job = scope.spawn(|| simulate(&scenario, &progress));
+        if total >= 500_000 {
+            let bar = ProgressBar::new(total).with_style(
+                ProgressStyle::with_template(
+                    "{spinner} simulating {bar:40} {percent}% ({elapsed})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            while !job.is_finished() {
+                bar.set_position(progress.load(Ordering::Relaxed).min(total));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        }
+        job.join()
+    })
+    .map_err(|_| anyhow::anyhow!("the simulation panicked"))?
+    .map_err(Failure::input)?;
+
+    if let Some(dir) = &args.out {
+        let files = zerospot_sim::plot::write_plots(&report, dir)?;
+        for f in files {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if args.markdown {
+        print!("{}", report.markdown());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
