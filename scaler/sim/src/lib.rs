@@ -192,6 +192,7 @@ fn run_oracle(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
         scale_ups: o.runs,
         scale_downs: o.runs,
         launch_failures: 0,
+        end_s: o.end,
         decisions: None,
         series: o.series,
     }
@@ -286,6 +287,7 @@ pub fn run_policy(
         scale_ups: c.c.scale_ups,
         scale_downs: c.c.scale_downs,
         launch_failures: c.c.launch_failures,
+        end_s: c.now,
         decisions: (kind == PolicyKind::Zerospot).then(|| ctl.decisions()),
         series: std::mem::take(&mut c.series),
     })

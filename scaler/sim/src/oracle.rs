@@ -32,36 +32,41 @@ struct ONode {
     last_end: f64,
 }
 
-pub(crate) fn run(
+/// One zero-wait schedule: billed runs `(start, end)` per node. A node idle for longer than `keep_limit`
+/// is stopped and restarted; among equally cheap nodes, `spread` picks the least shared one, else the most.
+fn schedule(
     workload: &Workload,
-    cloud: &Cloud,
+    cold: f64,
     serving: &Serving,
-    series_points: u32,
-) -> OracleRun {
-    let cold = cloud.cold_start_min_s();
+    keep_limit: f64,
+    spread: bool,
+) -> Vec<(f64, f64)> {
     let lanes = (serving.slots_per_gpu.max(1) * serving.pod_concurrency.max(1)) as usize;
-    let price = cloud.price_per_s(true);
     let mut nodes: Vec<ONode> = Vec::new();
     let mut runs: Vec<(f64, f64)> = Vec::new();
-    let mut out = OracleRun::default();
     for r in &workload.requests {
         let t = r.at;
-        let mut best: Option<(f64, usize, usize)> = None;
+        // Cheapest node first; ties broken by how shared the node is.
+        let mut best: Option<(f64, usize, usize, usize)> = None;
         for (i, n) in nodes.iter().enumerate() {
             let Some(lane) = n.lanes.iter().position(|free| *free <= t) else {
                 continue;
             };
+            let busy = n.lanes.iter().filter(|free| **free > t).count();
             let extra = if t <= n.last_end {
                 0.0
             } else {
-                (t - n.last_end).min(cold)
+                (t - n.last_end).min(keep_limit)
             };
-            if best.is_none_or(|(e, _, _)| extra < e) {
-                best = Some((extra, i, lane));
+            let better = |(e, b, _, _): (f64, usize, usize, usize)| {
+                extra < e || (extra == e && if spread { busy < b } else { busy > b })
+            };
+            if best.is_none_or(better) {
+                best = Some((extra, busy, i, lane));
             }
         }
         let (i, lane) = match best {
-            Some((extra, i, lane)) if extra < cold => (i, lane),
+            Some((extra, _, i, lane)) if extra < cold || (extra == 0.0) => (i, lane),
             _ => {
                 nodes.push(ONode {
                     lanes: vec![f64::NEG_INFINITY; lanes],
@@ -72,7 +77,7 @@ pub(crate) fn run(
             }
         };
         let n = &mut nodes[i];
-        if t > n.last_end + cold {
+        if t > n.last_end + keep_limit {
             runs.push((n.run_start, n.last_end));
             n.run_start = t - cold;
         }
@@ -80,11 +85,39 @@ pub(crate) fn run(
         let end = t + serving.service_s(r.prompt_tokens, r.generated_tokens, sharing);
         n.lanes[lane] = end;
         n.last_end = n.last_end.max(end);
-        out.completed += 1;
     }
     for n in &nodes {
         runs.push((n.run_start, n.last_end));
     }
+    runs
+}
+
+pub(crate) fn run(
+    workload: &Workload,
+    cloud: &Cloud,
+    serving: &Serving,
+    series_points: u32,
+) -> OracleRun {
+    let cold = cloud.cold_start_min_s();
+    let price = cloud.price_per_s(true);
+    let cost = |runs: &[(f64, f64)]| runs.iter().map(|(s, e)| cloud.billed_s(e - s)).sum::<f64>();
+    // Several zero-wait schedules; the oracle keeps the cheapest.
+    let mut runs = Vec::new();
+    let mut best = f64::INFINITY;
+    for keep_limit in [cold, f64::INFINITY] {
+        for spread in [true, false] {
+            let candidate = schedule(workload, cold, serving, keep_limit, spread);
+            let c = cost(&candidate);
+            if c < best {
+                best = c;
+                runs = candidate;
+            }
+        }
+    }
+    let mut out = OracleRun {
+        completed: workload.requests.len() as u64,
+        ..OracleRun::default()
+    };
     for (start, end) in &runs {
         let billed = cloud.billed_s(end - start);
         out.billed_s += billed;

@@ -70,6 +70,8 @@ pub struct PolicyReport {
     pub scale_downs: u32,
     /// Spot launches that failed for lack of capacity.
     pub launch_failures: u32,
+    /// When the last instance stopped, seconds from the first arrival.
+    pub end_s: f64,
     /// Times the core's `decide` ran (zerospot only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decisions: Option<u64>,
