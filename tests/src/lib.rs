@@ -18,6 +18,7 @@
 
 mod bed;
 pub mod bridge;
+pub mod fixtures;
 mod process;
 
 use std::fmt::Display;
@@ -26,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use bed::{BedInfo, TestBed, Versions};
+pub use bed::{BedInfo, ENV_ATTACH, ENV_CACHE, ENV_KEEP, REGION, TestBed, Versions};
 pub use bridge::{Bridge, BridgeOptions, CapacityType, GpuSharing, NodeGroupSpec};
 
 /// Why the bed could not do what a test asked.
@@ -154,13 +155,15 @@ where
     }
 }
 
-/// Installs a `tracing` subscriber for tests once (filter with `RUST_LOG`, default `info`), writing through
+/// Installs a `tracing` subscriber for tests once (filter with `RUST_LOG`; the default `info` hides kube's
+/// per-retry errors while the apiserver starts), writing through
 /// the test harness's captured output.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off")),
         )
         .with_test_writer()
         .try_init();
