@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use zerospot_core::Timing;
 use zerospot_sim::{
-    PolicyKind, Scenario, Shaping, SharingCurve, instance_type, simulate, workload,
+    DemandSignal, PolicyKind, Scenario, Shaping, SharingCurve, instance_type, simulate, workload,
 };
 
 /// Options of `zerospot simulate`.
@@ -61,6 +61,12 @@ pub(crate) struct Args {
     /// zerospot's idle window, seconds (default: the core policy's default).
     #[arg(long, value_name = "SECONDS")]
     idle_window: Option<u64>,
+    /// What queue zerospot's controller reports to the core: `queued` (the faithful model: every SQS
+    /// message), or a what-if for a core-policy change: `rate-aware` (lanes to drain the backlog within
+    /// one cold start at the observed arrival rate) or `backlog-per-pod=N` (N queued requests ask for
+    /// one pod). The what-ifs also pace what the dispatcher forwards to Knative.
+    #[arg(long, default_value = "queued", value_name = "SIGNAL")]
+    zerospot_demand: String,
     /// How often zerospot's controller calls the core policy, seconds of virtual time.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     tick: f64,
@@ -86,6 +92,12 @@ pub(crate) struct Args {
     /// Write plots (nodes, queue depth, cumulative cost; PNG and SVG) into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+/// The mean cold start: mean boot plus image pull plus model load.
+fn instance_cold_start(scenario: &Scenario) -> f64 {
+    let c = &scenario.cluster.cloud;
+    (c.boot_min_s + c.boot_max_s) / 2.0 + c.image_pull_s + c.model_load_s
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -122,6 +134,29 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     scenario.cluster.series_points = if args.out.is_some() { 2_000 } else { 0 };
     scenario.policies.zerospot_tick_s = args.tick;
     scenario.policies.always_on_nodes = args.always_on_nodes;
+    scenario.policies.zerospot_demand = match args.zerospot_demand.as_str() {
+        "queued" => DemandSignal::Queued,
+        "rate-aware" => DemandSignal::RateAware {
+            cold_start_s: instance_cold_start(&scenario),
+            prior_service_s: 5.0,
+        },
+        other => match other.split_once('=') {
+            Some(("backlog-per-pod", n)) if n.parse::<u32>().is_ok_and(|n| n >= 1) => {
+                DemandSignal::BacklogPerPod(n.parse::<u32>().unwrap_or(1))
+            }
+            Some(("rate-aware", s)) if s.parse::<f64>().is_ok_and(|s| s >= 1.0) => {
+                DemandSignal::RateAware {
+                    cold_start_s: s.parse::<f64>().unwrap_or(1.0),
+                    prior_service_s: 5.0,
+                }
+            }
+            _ => {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "--zerospot-demand must be queued, rate-aware[=SECONDS] or backlog-per-pod=N (N >= 1), got {other:?}"
+                )));
+            }
+        },
+    };
     if let Some(idle) = args.idle_window {
         scenario.policies.zerospot_timing = Timing {
             idle_window_s: idle,

@@ -65,6 +65,8 @@ pub(crate) struct ReqInfo {
     pub slot: u8,
     /// The interruption that last requeued it (0: none).
     pub interrupted_by: u32,
+    /// When the current attempt started (while running).
+    pub started_at: f64,
 }
 
 /// A model pod in one MPS slot.
@@ -123,6 +125,28 @@ pub(crate) struct Asg {
     pub max: u32,
     pub retry_at: f64,
     pub failures: Vec<f64>,
+}
+
+/// Window of the arrival-rate estimate, seconds.
+const RATE_WINDOW_S: f64 = 60.0;
+
+/// The queue zerospot's controller reports to the core's `decide` (and paces Knative with).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DemandSignal {
+    /// The faithful model: every queued request (SQS visible messages), as the core expects today.
+    Queued,
+    /// What-if: `ceil(queued / n)`, so `n` queued requests ask for one pod.
+    BacklogPerPod(u32),
+    /// What-if: as many lanes as drain the backlog within one cold start while keeping up with arrivals,
+    /// `ceil(service x (arrival rate + queued / cold start))`, minus those in flight (at least 1 while
+    /// anything is queued). Arrival rate: decayed over 60 s; service time: weighted over completions,
+    /// starting from `prior_service_s`.
+    RateAware {
+        /// Expected boot-to-serving time, seconds.
+        cold_start_s: f64,
+        /// Service time assumed before any request completed, seconds.
+        prior_service_s: f64,
+    },
 }
 
 /// Who scales pods.
@@ -202,6 +226,14 @@ pub(crate) struct Cluster<'w> {
     pub live: Vec<u32>,
     pub asgs: Vec<Asg>,
     pub pod_scaling: PodScaling,
+    /// What queue zerospot's controller reports (to the core and, through its dispatcher, to Knative).
+    pub demand_signal: DemandSignal,
+    /// Arrival rate estimate per model: `(rate per second, at)`, exponentially decayed (60 s).
+    arrival_rate: Vec<(f64, f64)>,
+    /// First arrival per model (for the rate estimate's warm-up).
+    first_arrival: Vec<f64>,
+    /// Service time estimate per model (exponentially weighted over completions).
+    service_estimate: Vec<f64>,
     /// Pods per model that are placed (loading or ready, not terminating).
     pub pods_placed: Vec<u32>,
     /// Pods per model that are ready and not terminating.
@@ -263,6 +295,7 @@ impl<'w> Cluster<'w> {
                     node: 0,
                     slot: 0,
                     interrupted_by: 0,
+                    started_at: 0.0,
                 };
                 workload.requests.len()
             ],
@@ -274,6 +307,10 @@ impl<'w> Cluster<'w> {
             live: Vec::new(),
             asgs: Vec::new(),
             pod_scaling,
+            demand_signal: DemandSignal::Queued,
+            arrival_rate: vec![(0.0, 0.0); models],
+            first_arrival: vec![f64::NAN; models],
+            service_estimate: vec![0.0; models],
             pods_placed: vec![0; models],
             pods_ready: vec![0; models],
             pending: vec![0; models],
@@ -294,6 +331,16 @@ impl<'w> Cluster<'w> {
             unmet_demand: false,
             pending_grew: false,
             disrupted: false,
+        }
+    }
+
+    pub fn set_demand_signal(&mut self, signal: DemandSignal) {
+        self.demand_signal = signal;
+        if let DemandSignal::RateAware {
+            prior_service_s, ..
+        } = signal
+        {
+            self.service_estimate.fill(prior_service_s);
         }
     }
 
@@ -522,8 +569,30 @@ impl<'w> Cluster<'w> {
     // ----- pods -----
 
     /// Knative's KPA: enough pods for the work now.
+    /// The queue as zerospot's controller reports it (see [`DemandSignal`]); the raw queue for the peers.
+    pub fn reported_queue(&self, m: usize) -> u64 {
+        let q = self.queues[m].len() as u64;
+        match self.demand_signal {
+            DemandSignal::Queued => q,
+            DemandSignal::BacklogPerPod(n) => q.div_ceil(u64::from(n.max(1))),
+            DemandSignal::RateAware { cold_start_s, .. } => {
+                if q == 0 {
+                    return 0;
+                }
+                let (rate, at) = self.arrival_rate[m];
+                // Bias-corrected: the estimate starts at zero, so scale it up while it is young.
+                let age = self.now - self.first_arrival[m];
+                let warm = 1.0 - (-age.max(1.0) / RATE_WINDOW_S).exp();
+                let lambda = rate * (-(self.now - at) / RATE_WINDOW_S).exp() / warm;
+                let lanes = (self.service_estimate[m] * (lambda + q as f64 / cold_start_s.max(1.0)))
+                    .ceil() as u64;
+                lanes.saturating_sub(self.running[m]).clamp(1, q)
+            }
+        }
+    }
+
     pub fn knative_want(&self, m: usize) -> u32 {
-        let work = self.queues[m].len() as u64 + self.running[m];
+        let work = self.reported_queue(m) + self.running[m];
         work.div_ceil(u64::from(self.p.serving.pod_concurrency.max(1))) as u32
     }
 
@@ -554,11 +623,13 @@ impl<'w> Cluster<'w> {
 
     /// Places pending pods on schedulable nodes with free slots, most-allocated node first.
     pub fn schedule_pods(&mut self) {
-        if self.pending_total == 0 {
-            return;
-        }
-        for m in 0..self.models {
-            while self.pending[m] > 0 {
+        // One pod per model per round: pods of different models interleave, as pods created at about the
+        // same time do in the kube-scheduler's queue.
+        while self.pending_total > 0 {
+            for m in 0..self.models {
+                if self.pending[m] == 0 {
+                    continue;
+                }
                 let mut best: Option<(usize, u32)> = None;
                 for &id in &self.live {
                     let node = &self.nodes[id as usize];
@@ -732,6 +803,14 @@ impl<'w> Cluster<'w> {
 
     pub fn arrive(&mut self, r: u32) {
         let m = self.requests[r as usize].model as usize;
+        if self.first_arrival[m].is_nan() {
+            self.first_arrival[m] = self.now;
+        }
+        let (rate, at) = self.arrival_rate[m];
+        self.arrival_rate[m] = (
+            rate * (-(self.now - at) / RATE_WINDOW_S).exp() + 1.0 / RATE_WINDOW_S,
+            self.now,
+        );
         let info = &mut self.reqs[r as usize];
         info.state = ReqState::Queued;
         info.queued_since = self.now;
@@ -846,6 +925,7 @@ impl<'w> Cluster<'w> {
             .service_s(req.prompt_tokens, req.generated_tokens, sharing);
         let info = &mut self.reqs[r as usize];
         info.state = ReqState::Running;
+        info.started_at = self.now;
         info.waited = waited;
         info.node = id;
         info.slot = slot as u8;
@@ -866,6 +946,9 @@ impl<'w> Cluster<'w> {
         self.running[m] -= 1;
         self.c.completed += 1;
         self.c.delays.push(info.waited as f32);
+        let took = now - info.started_at;
+        let estimate = &mut self.service_estimate[m];
+        *estimate = 0.9 * *estimate + 0.1 * took;
         let node = &mut self.nodes[id as usize];
         node.in_flight -= 1;
         if let Some(pos) = node.running.iter().position(|x| *x == r) {

@@ -24,7 +24,7 @@ pub mod serving;
 pub mod workload;
 
 pub use cloud::{Cloud, INSTANCE_TYPES, InstanceType, instance_type};
-pub use cluster::{ClusterParams, Sample};
+pub use cluster::{ClusterParams, DemandSignal, Sample};
 pub use error::{Result, SimError};
 pub use policies::{PolicyKind, PolicyParams, zerospot_config};
 pub use report::{Delays, PolicyReport, Report};

@@ -31,7 +31,7 @@
 //!   concurrency)` pods and creates them at once; a pod idle for 90 s (stable window 60 s + scale-to-zero
 //!   grace 30 s) that the work does not need goes.
 
-use crate::cluster::{Asg, Cluster, Ev, PodScaling};
+use crate::cluster::{Asg, Cluster, DemandSignal, Ev, PodScaling};
 use crate::error::Result;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use std::collections::VecDeque;
@@ -96,6 +96,9 @@ pub struct PolicyParams {
     pub zerospot_tick_s: f64,
     /// Always-on size; `None` sizes it for the peak.
     pub always_on_nodes: Option<u32>,
+    /// The queue zerospot's controller reports: [`DemandSignal::Queued`] is the faithful model; the
+    /// others are what-ifs for a core-policy change, not the shipped policy.
+    pub zerospot_demand: DemandSignal,
 }
 
 impl Default for PolicyParams {
@@ -104,6 +107,7 @@ impl Default for PolicyParams {
             zerospot_timing: Timing::default(),
             zerospot_tick_s: 2.0,
             always_on_nodes: None,
+            zerospot_demand: DemandSignal::Queued,
         }
     }
 }
@@ -230,7 +234,7 @@ impl ZerospotCtl {
             });
         }
         for (m, d) in self.snapshot.demand.iter_mut().enumerate() {
-            d.queued = c.queues[m].len() as u64;
+            d.queued = c.reported_queue(m);
             d.in_flight = c.running[m];
             d.desired_scale = Some(c.knative_want(m));
             d.actual_scale = Some(c.pods_ready[m]);
@@ -530,6 +534,7 @@ impl Controller {
                     ..Snapshot::default()
                 };
                 let tick_s = params.zerospot_tick_s.max(0.1);
+                c.set_demand_signal(params.zerospot_demand);
                 c.schedule(tick_s, Ev::Tick(TICK_ZEROSPOT));
                 Controller::Zerospot(Box::new(ZerospotCtl {
                     config,
