@@ -389,9 +389,13 @@ impl<'w> Cluster<'w> {
 
     /// Launches an instance now; it becomes ready after a boot time, or fails for lack of Spot capacity.
     pub fn launch(&mut self, pool: u8, spot: bool) -> u32 {
+        self.launch_node(pool, spot, true)
+    }
+
+    fn launch_node(&mut self, pool: u8, spot: bool, may_fail: bool) -> u32 {
         let id = self.nodes.len() as u32;
         let cloud = &self.p.cloud;
-        let fails = spot && self.rng.chance(cloud.capacity_failure_probability);
+        let fails = spot && may_fail && self.rng.chance(cloud.capacity_failure_probability);
         let boot = self.rng.between(cloud.boot_min_s, cloud.boot_max_s);
         let interrupt_after = if spot && cloud.interruption_rate_per_hour > 0.0 {
             self.rng
@@ -437,10 +441,12 @@ impl<'w> Cluster<'w> {
 
     /// An instance that is ready at time 0, launched one worst-case cold start earlier (always-on).
     pub fn prewarmed(&mut self, pool: u8, spot: bool) -> u32 {
-        let id = self.launch(pool, spot);
+        let id = self.launch_node(pool, spot, false);
         let node = &mut self.nodes[id as usize];
         node.launched_at = -self.p.cloud.cold_start_max_s();
         node.image_ready_at = Some(0.0);
+        let spot = node.spot;
+        self.cost_so_far += self.p.cloud.cold_start_max_s() * self.p.cloud.price_per_s(spot);
         self.node_ready(id);
         id
     }
@@ -738,7 +744,8 @@ impl<'w> Cluster<'w> {
         self.schedule_pods();
     }
 
-    /// Knative's scale-down: pods idle for `pod_idle_s` that the work does not need go.
+    /// Knative's scale-down: pods idle for `pod_idle_s` that the work does not need go, newest node first
+    /// (the ReplicaSet controller deletes the most recently started pods first).
     pub fn knative_scale_down(&mut self) {
         let idle = self.p.pod_idle_s;
         for m in 0..self.models {
@@ -746,7 +753,7 @@ impl<'w> Cluster<'w> {
             let surplus_pending = (self.pods_placed[m] + self.pending[m]).saturating_sub(want);
             self.cancel_pending(m, surplus_pending);
         }
-        for i in 0..self.live.len() {
+        for i in (0..self.live.len()).rev() {
             let id = self.live[i];
             for slot in 0..self.slots() as usize {
                 let Some(pod) = self.nodes[id as usize].pods[slot] else {
@@ -765,7 +772,8 @@ impl<'w> Cluster<'w> {
         }
     }
 
-    /// Sets a model's replica count (KEDA/HPA): pending first, then idle pods, then busy pods (gracefully).
+    /// Sets a model's replica count (KEDA/HPA): pending first, then idle pods, then busy pods (gracefully),
+    /// newest node first.
     pub fn set_replicas(&mut self, m: usize, replicas: u32) {
         let have = self.pods_placed[m] + self.pending[m];
         if replicas > have {
@@ -775,7 +783,7 @@ impl<'w> Cluster<'w> {
         let mut excess = have - replicas;
         excess -= self.cancel_pending(m, excess);
         for busy_too in [false, true] {
-            for i in 0..self.live.len() {
+            for i in (0..self.live.len()).rev() {
                 if excess == 0 {
                     return;
                 }

@@ -176,6 +176,15 @@ fn run_oracle(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
         scenario.cluster.series_points,
     );
     progress.fetch_add(scenario.workload.requests.len() as u64, Ordering::Relaxed);
+    let mut series = o.series;
+    if scenario.cluster.series_points > 0 {
+        series.push(Sample {
+            t: o.end,
+            nodes: 0,
+            queued: 0,
+            cost_usd: o.cost_usd,
+        });
+    }
     PolicyReport {
         name: PolicyKind::Oracle.name().into(),
         gpu_seconds_billed: o.billed_s,
@@ -194,7 +203,7 @@ fn run_oracle(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
         launch_failures: 0,
         end_s: o.end,
         decisions: None,
-        series: o.series,
+        series,
     }
 }
 
@@ -264,6 +273,14 @@ pub fn run_policy(
     }
     progress.fetch_add((n - reported) as u64, Ordering::Relaxed);
     c.finish();
+    if scenario.cluster.series_points > 0 {
+        c.series.push(Sample {
+            t: c.now,
+            nodes: 0,
+            queued: 0,
+            cost_usd: c.c.cost_usd,
+        });
+    }
     let mut delays = std::mem::take(&mut c.c.delays);
     let survived =
         c.c.interruptions_failed

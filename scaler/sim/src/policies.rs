@@ -25,8 +25,9 @@
 //! - **karpenter**: Knative pods; pending pods batched (`BATCH_IDLE_DURATION` 1 s, `BATCH_MAX_DURATION`
 //!   10 s); one node per `slots` pending pods beyond in-flight node claims; Spot first, on-demand for 3
 //!   minutes after an insufficient-capacity error; empty nodes removed (`consolidateAfter` 0 s, the v1
-//!   default; the disruption controller polls every 10 s); Spot notices handled natively (cordon, drain,
-//!   replacement pods pend at once).
+//!   default; the disruption controller polls every 10 s); underutilized nodes consolidated one at a time
+//!   when their pods fit on the other nodes (`WhenEmptyOrUnderutilized`, the v1 default); Spot notices
+//!   handled natively (cordon, drain, replacement pods pend at once).
 //! - **Knative pods** (zerospot, cluster-autoscaler, karpenter): the KPA wants `ceil((queued + in flight) /
 //!   concurrency)` pods and creates them at once; a pod idle for 90 s (stable window 60 s + scale-to-zero
 //!   grace 30 s) that the work does not need goes.
@@ -378,9 +379,45 @@ pub(crate) struct KarpenterState {
     batch_last: f64,
     spot_unavailable_until: f64,
     failures_seen: u32,
+    candidate: Option<u32>,
 }
 
 impl KarpenterState {
+    /// Single-node consolidation (`WhenEmptyOrUnderutilized`): a ready node whose pods fit in the free
+    /// slots of the other ready nodes, seen on two polls in a row (Karpenter validates a candidate for 15 s),
+    /// is drained; its pods are recreated elsewhere and the empty node goes on the next poll.
+    fn consolidate(&mut self, c: &mut Cluster<'_>) {
+        if c.pending_total > 0 {
+            self.candidate = None;
+            return;
+        }
+        let free: u32 = c
+            .live
+            .iter()
+            .map(|id| &c.nodes[*id as usize])
+            .filter(|n| n.schedulable())
+            .map(|n| n.pods.iter().filter(|p| p.is_none()).count() as u32)
+            .sum();
+        let pick = c
+            .live
+            .iter()
+            .copied()
+            .filter(|id| {
+                let n = &c.nodes[*id as usize];
+                let pods = n.pod_count() as u32;
+                let own_free = n.pods.len() as u32 - pods;
+                n.schedulable() && pods > 0 && pods <= free - own_free
+            })
+            .min_by_key(|id| (c.nodes[*id as usize].pod_count(), std::cmp::Reverse(*id)));
+        match (pick, self.candidate) {
+            (Some(id), Some(prev)) if id == prev => {
+                self.candidate = None;
+                c.drain(id);
+            }
+            (pick, _) => self.candidate = pick,
+        }
+    }
+
     fn provision(&mut self, c: &mut Cluster<'_>) {
         let slots = c.slots();
         let launching = c
@@ -424,6 +461,7 @@ impl KarpenterState {
     }
 
     fn disrupt(&mut self, c: &mut Cluster<'_>) {
+        self.consolidate(c);
         let live = c.live.clone();
         for id in live {
             let n = &c.nodes[id as usize];

@@ -220,3 +220,24 @@ fn malformed_traces_give_a_clear_error_naming_the_line() {
     }
     assert!(trace_error(header).contains("no requests"));
 }
+
+#[test]
+fn zerospot_falls_back_to_on_demand_when_spot_capacity_never_comes() {
+    let mut scenario = synthetic(600, 8, 1.0);
+    scenario.cluster.cloud.capacity_failure_probability = 1.0;
+    scenario.run = vec![PolicyKind::Zerospot, PolicyKind::ClusterAutoscaler];
+    let report = run(&scenario);
+    let z = report.policy("zerospot").expect("zerospot");
+    assert_eq!(z.lost, 0, "every request served on the on-demand fallback");
+    assert!(z.launch_failures >= 2);
+    let on_demand_per_s = scenario.cluster.cloud.instance.on_demand_per_hour / 3600.0;
+    assert!(
+        (z.cost_usd - z.gpu_seconds_billed * on_demand_per_s).abs() < 1e-6,
+        "billed at on-demand prices"
+    );
+    let ca = report
+        .policy("cluster-autoscaler")
+        .expect("cluster-autoscaler");
+    assert_eq!(ca.completed, 0, "a Spot-only group never gets a node");
+    assert_eq!(ca.lost, ca.requests);
+}
