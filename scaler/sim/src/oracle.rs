@@ -1,13 +1,14 @@
-//! The oracle: knows every arrival in advance and buys the least node time at which no request waits.
+//! The oracle: knows every arrival in advance and buys little node time while no request waits.
 //!
 //! It walks the requests in arrival order and puts each on a node with a free lane (MPS slot x pod
-//! concurrency) at its arrival, choosing the node whose use adds least cost: a node already in its billed
-//! run adds nothing; a node idle since `end` adds `min(gap, cold start)`, because keeping it through the gap
-//! costs the gap and stopping and restarting it costs a fresh boot (launched exactly one cold start before
-//! the arrival); a new node costs one cold start. It boots with the *shortest* boot time, loads any model
-//! instantly on a warm node, is never interrupted and never fails to launch: every assumption favours it,
-//! so its cost is a lower bound for serving the workload with zero queueing delay. Each billed run is
-//! charged per second with the 60-second minimum, like the others.
+//! concurrency) at its arrival, choosing the node whose use adds least cost: a node in its billed run adds
+//! nothing; a node idle since `end` adds the gap (it is kept through it); a node idle for a cold start or
+//! more is stopped at `end`, since booting a fresh one exactly in time costs no more; a new node costs one
+//! cold start. Among equally cheap nodes it tries both spreading and packing and keeps the cheaper
+//! schedule. It boots with the *shortest* boot time, loads any model instantly on a warm node, is never
+//! interrupted and never fails to launch: every assumption favours it. It is a greedy schedule, not a
+//! proven optimum; a policy that lets requests queue can beat it. Each billed run is charged per second
+//! with the 60-second minimum, like the others.
 
 use crate::cloud::Cloud;
 use crate::cluster::Sample;
@@ -32,42 +33,51 @@ struct ONode {
     last_end: f64,
 }
 
-/// One zero-wait schedule: billed runs `(start, end)` per node. A node idle for longer than `keep_limit`
-/// is stopped and restarted; among equally cheap nodes, `spread` picks the least shared one, else the most.
-fn schedule(
-    workload: &Workload,
-    cold: f64,
-    serving: &Serving,
-    keep_limit: f64,
-    spread: bool,
-) -> Vec<(f64, f64)> {
+/// One zero-wait schedule: billed runs `(start, end)`, one per node. A node idle for a cold start or
+/// longer is never worth keeping (a fresh boot costs no more), so it is stopped for good and a later
+/// request boots a new one. Among equally cheap nodes, `spread` picks the least shared one, else the most.
+fn schedule(workload: &Workload, cold: f64, serving: &Serving, spread: bool) -> Vec<(f64, f64)> {
     let lanes = (serving.slots_per_gpu.max(1) * serving.pod_concurrency.max(1)) as usize;
     let mut nodes: Vec<ONode> = Vec::new();
     let mut runs: Vec<(f64, f64)> = Vec::new();
     for r in &workload.requests {
         let t = r.at;
-        // Cheapest node first; ties broken by how shared the node is.
+        let mut i = 0;
+        while i < nodes.len() {
+            if t - nodes[i].last_end >= cold {
+                let n = nodes.swap_remove(i);
+                runs.push((n.run_start, n.last_end));
+            } else {
+                i += 1;
+            }
+        }
+        // Cheapest node first; ties broken by how shared the node is, then by age.
         let mut best: Option<(f64, usize, usize, usize)> = None;
         for (i, n) in nodes.iter().enumerate() {
             let Some(lane) = n.lanes.iter().position(|free| *free <= t) else {
                 continue;
             };
             let busy = n.lanes.iter().filter(|free| **free > t).count();
-            let extra = if t <= n.last_end {
-                0.0
-            } else {
-                (t - n.last_end).min(keep_limit)
-            };
-            let better = |(e, b, _, _): (f64, usize, usize, usize)| {
-                extra < e || (extra == e && if spread { busy < b } else { busy > b })
+            let extra = (t - n.last_end).max(0.0);
+            let better = |(e, b, j, _): (f64, usize, usize, usize)| {
+                let key = |e: f64, b: usize, j: usize| {
+                    (
+                        e,
+                        if spread { b as i64 } else { -(b as i64) },
+                        nodes[j].run_start,
+                    )
+                };
+                key(extra, busy, i)
+                    .partial_cmp(&key(e, b, j))
+                    .is_some_and(|o| o.is_lt())
             };
             if best.is_none_or(better) {
                 best = Some((extra, busy, i, lane));
             }
         }
         let (i, lane) = match best {
-            Some((extra, _, i, lane)) if extra < cold || (extra == 0.0) => (i, lane),
-            _ => {
+            Some((_, _, i, lane)) => (i, lane),
+            None => {
                 nodes.push(ONode {
                     lanes: vec![f64::NEG_INFINITY; lanes],
                     run_start: t - cold,
@@ -77,10 +87,6 @@ fn schedule(
             }
         };
         let n = &mut nodes[i];
-        if t > n.last_end + keep_limit {
-            runs.push((n.run_start, n.last_end));
-            n.run_start = t - cold;
-        }
         let sharing = n.lanes.iter().filter(|free| **free > t).count() as u32 + 1;
         let end = t + serving.service_s(r.prompt_tokens, r.generated_tokens, sharing);
         n.lanes[lane] = end;
@@ -104,14 +110,12 @@ pub(crate) fn run(
     // Several zero-wait schedules; the oracle keeps the cheapest.
     let mut runs = Vec::new();
     let mut best = f64::INFINITY;
-    for keep_limit in [cold, f64::INFINITY] {
-        for spread in [true, false] {
-            let candidate = schedule(workload, cold, serving, keep_limit, spread);
-            let c = cost(&candidate);
-            if c < best {
-                best = c;
-                runs = candidate;
-            }
+    for spread in [true, false] {
+        let candidate = schedule(workload, cold, serving, spread);
+        let c = cost(&candidate);
+        if c < best {
+            best = c;
+            runs = candidate;
         }
     }
     let mut out = OracleRun {
