@@ -52,10 +52,14 @@ pub struct Timing {
     pub launch_timeout_s: u64,
     /// Launch failures counted within this window. Default 600 s.
     pub capacity_failure_window_s: u64,
-    /// Failures within the window after which a pool's demand goes to its fallback. Default 2: one failure
-    /// can be a single Availability Zone; Karpenter marks an offering unavailable after one
+    /// Failures within the window after which a pool's demand goes to its fallback (0: never). Default 2:
+    /// one failure can be a single Availability Zone; Karpenter marks an offering unavailable after one
     /// InsufficientInstanceCapacity error and retries it after 3 minutes.
     pub capacity_failure_threshold: u32,
+    /// With an arrival-rate estimate, a queue is sized to be cleared within this long. Default 255 s, the
+    /// mean cold start (boot to GPU-ready, image pull, model load) of a g5 node: a backlog built during one
+    /// cold start is cleared within about one more (see [`crate::demand::ModelDemand::pods_needed`]).
+    pub backlog_drain_s: u64,
 }
 
 impl Default for Timing {
@@ -65,6 +69,7 @@ impl Default for Timing {
             launch_timeout_s: 600,
             capacity_failure_window_s: 600,
             capacity_failure_threshold: 2,
+            backlog_drain_s: 255,
         }
     }
 }
@@ -102,7 +107,7 @@ pub struct PoolState {
 }
 
 /// Everything observed at one moment: groups, nodes, demand.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Per pool; a pool missing here is taken as desired 0 with no failures.
     #[serde(default)]
@@ -300,7 +305,7 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         let Some(&pi) = pool_index.get(model.pool.as_str()) else {
             continue;
         };
-        let pods = d.pods_needed(model.concurrency);
+        let pods = d.pods_needed(model.concurrency, timing.backlog_drain_s);
         if pods > 0 {
             demand[pi].add(
                 model.mig_profile.as_deref(),

@@ -207,6 +207,13 @@ impl Snapshot {
         self.demand_mut(model).desired_scale = Some(n);
         self
     }
+    /// Sets `model`'s arrival rate (requests/s) and mean service time (s).
+    pub fn rate(mut self, model: &str, per_s: f64, service_s: f64) -> Self {
+        let d = self.demand_mut(model);
+        d.arrival_rate_per_s = Some(per_s);
+        d.service_time_s = Some(service_s);
+        self
+    }
     /// Records a capacity failure in `pool` at `t`.
     pub fn capacity_failure(mut self, pool: &str, t: DateTime<Utc>) -> Self {
         self.pool_state_mut(pool).capacity_failures.push(t);

@@ -341,6 +341,18 @@ fn a_constrained_pool_keeps_the_nodes_it_has() {
 }
 
 #[test]
+fn a_cold_start_backlog_asks_for_the_nodes_that_clear_it_not_one_per_request() {
+    let s = snapshot().queued("llama", 28).rate("llama", 0.11, 5.0);
+    assert_eq!(decide(&s, &mps_config(), at(0)).desired("gpu"), Some(1));
+    let without_rate = snapshot().queued("llama", 28);
+    assert_eq!(
+        decide(&without_rate, &mps_config(), at(0)).desired("gpu"),
+        Some(4),
+        "max 4"
+    );
+}
+
+#[test]
 fn notes_demand_for_models_it_does_not_know() {
     let d = decide(&snapshot().queued("mystery", 3), &mps_config(), at(0));
     assert_eq!(d.desired("gpu"), Some(0));
@@ -414,6 +426,7 @@ prop_compose! {
         specs in prop::collection::vec((0u32..3, 1u32..6, 1u32..4, 1u32..3, any::<bool>()), pools),
         nodes in (0..seed_nodes).map(|i| arb_node(i, pools)).collect::<Vec<_>>(),
         demand in prop::collection::vec((0u64..20, 0u64..5, prop::option::of(0u32..6)), pools * 2),
+        rates in prop::collection::vec(prop::option::of((0.0f64..3.0, 0.5f64..20.0)), pools * 2),
         desired in prop::collection::vec(0u32..8, pools),
         failures in prop::collection::vec(prop::collection::vec(0i64..2000, 0..3), pools),
     ) -> (Config, Snapshot) {
@@ -445,6 +458,9 @@ prop_compose! {
             s = s.queued(&format!("m{m}"), q).in_flight(&format!("m{m}"), f);
             if let Some(ds) = ds {
                 s = s.desired_scale(&format!("m{m}"), ds);
+            }
+            if let Some((per_s, service_s)) = rates[m] {
+                s = s.rate(&format!("m{m}"), per_s, service_s);
             }
         }
         (config(pool_specs, models), s)
