@@ -375,8 +375,17 @@ impl TestBed {
     }
 
     /// A new admin `kube::Client` (create one per test: clients are tied to the runtime that made them).
+    ///
+    /// It has kube's default retry layer, like a production client: a request answered 429 (an eviction
+    /// refused by a PodDisruptionBudget included) is retried up to 15 times, honouring `Retry-After`, for
+    /// minutes. To see a 429 at once, build a client from [`Self::kube_config`] with `default_retry = false`.
     pub async fn kube_client(&self) -> Result<Client> {
-        client_from(&self.info.kubeconfig).await
+        Ok(Client::try_from(self.kube_config().await?)?)
+    }
+
+    /// The admin `kube::Config`, to adjust before building a client.
+    pub async fn kube_config(&self) -> Result<kube::Config> {
+        config_from(&self.info.kubeconfig).await
     }
 
     /// Creates a namespace with a unique name starting with `prefix` and waits until pods can be created
@@ -566,13 +575,16 @@ async fn install_crds(client: &Client, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn client_from(kubeconfig: &Path) -> Result<Client> {
-    let config = kube::Config::from_custom_kubeconfig(
+async fn config_from(kubeconfig: &Path) -> Result<kube::Config> {
+    Ok(kube::Config::from_custom_kubeconfig(
         Kubeconfig::read_from(kubeconfig)?,
         &KubeConfigOptions::default(),
     )
-    .await?;
-    Ok(Client::try_from(config)?)
+    .await?)
+}
+
+async fn client_from(kubeconfig: &Path) -> Result<Client> {
+    Ok(Client::try_from(config_from(kubeconfig).await?)?)
 }
 
 fn write_kubeconfig(path: &Path, server: &str, pki: &Pki) -> Result<()> {

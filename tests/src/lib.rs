@@ -160,11 +160,18 @@ where
 /// the test harness's captured output.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_new(&from_env).unwrap_or_else(|_| EnvFilter::new("info"));
+    if from_env.is_empty() {
+        filter = EnvFilter::new("info");
+    }
+    if !from_env.contains("kube_client")
+        && let Ok(quiet) = "kube_client::client::builder=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off")),
-        )
+        .with_env_filter(filter)
         .with_test_writer()
         .try_init();
 }

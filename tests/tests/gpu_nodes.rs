@@ -243,7 +243,11 @@ async fn eviction_succeeds_and_is_refused_with_429_while_a_disruption_budget_for
     .await
     .unwrap();
 
-    match pods.evict("model", &EvictParams::default()).await {
+    // kube's default retry layer would retry the 429 for minutes: look at the first answer.
+    let mut config = bed.kube_config().await.unwrap();
+    config.default_retry = false;
+    let no_retry = Api::<Pod>::namespaced(kube::Client::try_from(config).unwrap(), &namespace);
+    match no_retry.evict("model", &EvictParams::default()).await {
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 429, "{status:?}");
             assert!(
