@@ -344,6 +344,14 @@ impl<'w> Cluster<'w> {
         }
     }
 
+    /// Nothing alive, queued, pending or running: only an arrival can change anything.
+    pub fn is_idle(&self) -> bool {
+        self.live.is_empty()
+            && self.queued_total == 0
+            && self.pending_total == 0
+            && self.running.iter().all(|r| *r == 0)
+    }
+
     pub fn slots(&self) -> u32 {
         self.p.serving.slots_per_gpu.max(1)
     }

@@ -94,13 +94,15 @@ impl Scenario {
         if !(s.prefill_tokens_per_s > 0.0 && s.decode_tokens_per_s > 0.0) {
             return Err(SimError::Parameter("token rates must be positive".into()));
         }
-        if self.cluster.deadline_s.is_nan()
+        if !self.cluster.deadline_s.is_finite()
             || self.cluster.deadline_s <= 0.0
+            || self.cluster.max_nodes > 10_000
             || self.cluster.max_attempts == 0
             || self.cluster.max_nodes == 0
         {
             return Err(SimError::Parameter(
-                "--deadline, attempts and --max-nodes must be positive".into(),
+                "--deadline must be positive and finite, attempts positive, --max-nodes 1 to 10000"
+                    .into(),
             ));
         }
         if self.policies.zerospot_tick_s.is_nan() || self.policies.zerospot_tick_s <= 0.0 {
@@ -254,6 +256,10 @@ pub fn run_policy(
                 Ev::Complete(r, attempt) => c.complete(r, attempt),
                 Ev::Notice(id) => c.notice(id),
                 Ev::Kill(id) => c.end_node(id, false),
+                // An idle cluster has nothing for a controller to do until the next arrival.
+                Ev::Tick(tag) if c.is_idle() && arrival.is_finite() && arrival > t => {
+                    c.schedule(arrival, Ev::Tick(tag));
+                }
                 Ev::Tick(tag) => ctl.tick(tag, &mut c),
                 Ev::AsgRetry(pool) => c.asg_reconcile(pool as usize),
             }

@@ -77,9 +77,9 @@ impl Shaping {
                 self.sample
             )));
         }
-        if !(self.time_scale > 0.0 && self.time_scale.is_finite()) {
+        if !(self.time_scale > 0.0 && self.time_scale <= 10_000.0) {
             return Err(SimError::Parameter(format!(
-                "--time-scale must be a positive number, got {}",
+                "--time-scale must be above 0 and at most 10000, got {}",
                 self.time_scale
             )));
         }
@@ -95,16 +95,9 @@ impl Shaping {
 
 fn model_names(n: u16) -> Vec<String> {
     (0..n)
-        .map(|i| format!("model-{}", char::from(b'a' + (i % 26) as u8)))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            if i < 26 {
-                name
-            } else {
-                format!("{name}{}", i / 26)
-            }
+        .map(|i| match u8::try_from(i) {
+            Ok(i) if i < 26 => format!("model-{}", char::from(b'a' + i)),
+            _ => format!("model-{i}"),
         })
         .collect()
 }
