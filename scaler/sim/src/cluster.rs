@@ -525,6 +525,9 @@ impl<'w> Cluster<'w> {
         if self.nodes[id as usize].gone {
             return;
         }
+        // Gone first, so nothing is scheduled onto it while its pods and requests are moved.
+        self.nodes[id as usize].gone = true;
+        self.live.retain(|n| *n != id);
         let running = std::mem::take(&mut self.nodes[id as usize].running);
         let iid = self.nodes[id as usize].interruption_id;
         for r in running {
@@ -535,18 +538,16 @@ impl<'w> Cluster<'w> {
             self.remove_pod(id, slot);
         }
         let node = &mut self.nodes[id as usize];
-        node.gone = true;
         node.in_flight = 0;
         if let Some(chunk) = node.layout_chunk.take() {
             self.layout_free.push_back(chunk);
         }
         let ran = now - node.launched_at;
         let spot = node.spot;
-        self.live.retain(|n| *n != id);
+        let price = self.p.cloud.price_per_s(spot);
         let billed = self.p.cloud.billed_s(ran);
         self.c.billed_s += billed;
-        self.c.cost_usd += billed * self.p.cloud.price_per_s(spot);
-        let price = self.p.cloud.price_per_s(spot);
+        self.c.cost_usd += billed * price;
         self.add_cost_rate(-price);
         // The 60-second minimum, if it applies, lands in the series now.
         self.cost_so_far += (billed - ran) * price;
@@ -555,6 +556,9 @@ impl<'w> Cluster<'w> {
         }
         self.disrupted = true;
         self.reconcile_pods_after_loss();
+        for m in 0..self.models {
+            self.dispatch(m);
+        }
     }
 
     /// Cordons and drains a node: idle pods go now, busy pods finish what they serve and go.

@@ -241,3 +241,33 @@ fn zerospot_falls_back_to_on_demand_when_spot_capacity_never_comes() {
     assert_eq!(ca.completed, 0, "a Spot-only group never gets a node");
     assert_eq!(ca.lost, ca.requests);
 }
+
+#[test]
+fn the_rate_aware_what_if_avoids_the_cold_start_overshoot_without_losing_requests() {
+    let mut shipped = synthetic(2_500, 1, 1.0);
+    shipped.run = vec![PolicyKind::Zerospot];
+    let mut what_if = shipped.clone();
+    what_if.policies.zerospot_demand = zerospot_sim::DemandSignal::RateAware {
+        cold_start_s: 255.0,
+        prior_service_s: 5.0,
+    };
+    let a = run(&shipped);
+    let b = run(&what_if);
+    let (a, b) = (
+        a.policy("zerospot").expect("a"),
+        b.policy("zerospot").expect("b"),
+    );
+    assert_eq!(b.lost, 0);
+    assert!(
+        b.scale_ups < a.scale_ups,
+        "fewer launches: {} vs {}",
+        b.scale_ups,
+        a.scale_ups
+    );
+    assert!(
+        b.cost_usd < a.cost_usd,
+        "cheaper: {} vs {}",
+        b.cost_usd,
+        a.cost_usd
+    );
+}
