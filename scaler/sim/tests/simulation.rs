@@ -271,3 +271,20 @@ fn the_rate_aware_what_if_avoids_the_cold_start_overshoot_without_losing_request
         a.cost_usd
     );
 }
+
+#[test]
+fn no_policy_removes_a_node_with_work_in_flight() {
+    for seed in [1, 2] {
+        let mut scenario = synthetic(3_000, seed, 1.0);
+        scenario.cluster.cloud.interruption_rate_per_hour = 0.0;
+        let report = run(&scenario);
+        for p in &report.policies {
+            assert_eq!(
+                p.requests_requeued, 0,
+                "{} requeued requests without any interruption",
+                p.name
+            );
+            assert_eq!(p.lost, 0, "{}", p.name);
+        }
+    }
+}
