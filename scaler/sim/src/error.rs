@@ -10,12 +10,12 @@ pub type Result<T, E = SimError> = std::result::Result<T, E>;
 #[derive(Debug, Error)]
 pub enum SimError {
     /// The trace file could not be read.
-    #[error("reading trace {path}: {source}")]
+    #[error("reading trace {path}: {error}")]
     ReadTrace {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not chained, so it is printed once).
+        error: std::io::Error,
     },
     /// A line of the trace is not `TIMESTAMP,ContextTokens,GeneratedTokens`.
     #[error("trace {source_name} line {line}: {reason}")]
@@ -35,7 +35,7 @@ pub enum SimError {
     Parameter(String),
     /// The zerospot configuration the simulator built was rejected by the core.
     #[error("zerospot configuration: {0}")]
-    Config(#[from] zerospot_core::ConfigError),
+    Config(zerospot_core::ConfigError),
     /// Writing plots failed.
     #[error("writing plot {path}: {reason}")]
     Plot {

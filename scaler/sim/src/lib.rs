@@ -115,7 +115,8 @@ impl Scenario {
             self.cluster.max_nodes,
             self.policies.zerospot_timing,
         )
-        .validate()?;
+        .validate()
+        .map_err(SimError::Config)?;
         Ok(())
     }
 }

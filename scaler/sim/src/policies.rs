@@ -560,7 +560,7 @@ impl Controller {
                     max,
                     params.zerospot_timing,
                 );
-                config.validate()?;
+                config.validate().map_err(crate::error::SimError::Config)?;
                 let snapshot = Snapshot {
                     demand: models
                         .iter()

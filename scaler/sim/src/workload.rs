@@ -127,9 +127,9 @@ pub const AZURE_HEADER: &str = "TIMESTAMP,ContextTokens,GeneratedTokens";
 
 /// Reads an Azure-format trace file and shapes it.
 pub fn load_azure(path: &Path, shaping: &Shaping) -> Result<Workload> {
-    let bytes = std::fs::read(path).map_err(|source| SimError::ReadTrace {
+    let bytes = std::fs::read(path).map_err(|error| SimError::ReadTrace {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let name = path.display().to_string();
     let text = String::from_utf8_lossy(&bytes);
@@ -276,14 +276,18 @@ const DAY: &[(f64, f64, f64)] = &[
 const TURNS_MEAN: f64 = 4.0;
 /// Mean think time between turns, seconds.
 const THINK_MEAN_S: f64 = 30.0;
+/// The largest synthetic day (memory stays under about 1 GB).
+pub const MAX_SYNTHETIC_REQUESTS: u64 = 20_000_000;
 /// Requests in the default synthetic day.
 pub const SYNTHETIC_DEFAULT_REQUESTS: u64 = 2_500;
 
 /// The synthetic bursty day with about `requests` requests (the exact count depends on the seed).
 pub fn synthetic_day(requests: u64, shaping: &Shaping) -> Result<Workload> {
     shaping.validate()?;
-    if requests == 0 {
-        return Err(SimError::Parameter("--requests must be at least 1".into()));
+    if requests == 0 || requests > MAX_SYNTHETIC_REQUESTS {
+        return Err(SimError::Parameter(format!(
+            "--requests must be 1 to {MAX_SYNTHETIC_REQUESTS}, got {requests}"
+        )));
     }
     let mut rng = Rng::new(shaping.seed, 0x0073_796e_7468);
     // Bursts: in each busy hour, five minutes at three times the rate.
