@@ -7,7 +7,7 @@
 //! - [`serving`]: MPS slots and service times with the measured sharing slowdown.
 //! - [`cluster`]: the shared cluster mechanics and event loop state.
 //! - [`policies`]: zerospot, always-on, Cluster Autoscaler, KEDA, Karpenter.
-//! - [`oracle`]: the lower bound.
+//! - `oracle` (private): the perfect-foresight reference.
 //! - [`report`]: figures, table and JSON; [`plot`]: PNG and SVG plots.
 //!
 //! Deterministic: the same scenario and seed give the same report, on any machine. Time is virtual.

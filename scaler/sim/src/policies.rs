@@ -1,6 +1,6 @@
 //! The policies compared: zerospot (the real core `decide`), always-on, the Cluster Autoscaler, KEDA and
-//! Karpenter, each as a controller acting on the shared [`crate::cluster`]. The oracle lives in
-//! [`crate::oracle`].
+//! Karpenter, each as a controller acting on the shared [`crate::cluster`]. The oracle lives in the
+//! `oracle` module.
 //!
 //! # Models and sources
 //! - **zerospot**: `zerospot_core::decide` called every `tick` (default 2 s) and at once when a request
