@@ -61,11 +61,13 @@ pub(crate) struct Args {
     /// zerospot's idle window, seconds (default: the core policy's default).
     #[arg(long, value_name = "SECONDS")]
     idle_window: Option<u64>,
-    /// What queue zerospot's controller reports to the core: `queued` (the faithful model: every SQS
-    /// message), or a what-if for a core-policy change: `rate-aware` (lanes to drain the backlog within
-    /// one cold start at the observed arrival rate) or `backlog-per-pod=N` (N queued requests ask for
-    /// one pod). The what-ifs also pace what the dispatcher forwards to Knative.
-    #[arg(long, default_value = "queued", value_name = "SIGNAL")]
+    /// What zerospot's controller reports to the core about each queue: `rate-aware` (as shipped: the
+    /// queue with arrival-rate and service-time estimates; the core sizes lanes to keep up and clear the
+    /// backlog within one mean cold start, or within SECONDS with `rate-aware=SECONDS`), `queued` (no
+    /// estimates: every queued request asks for a lane, the core's fallback), or the what-if
+    /// `backlog-per-pod=N` (N queued requests ask for one pod). The signal also paces what the dispatcher
+    /// forwards to Knative.
+    #[arg(long, default_value = "rate-aware", value_name = "SIGNAL")]
     zerospot_demand: String,
     /// How often zerospot's controller calls the core policy, seconds of virtual time.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
@@ -137,7 +139,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     scenario.policies.zerospot_demand = match args.zerospot_demand.as_str() {
         "queued" => DemandSignal::Queued,
         "rate-aware" => DemandSignal::RateAware {
-            cold_start_s: instance_cold_start(&scenario),
+            drain_s: instance_cold_start(&scenario),
             prior_service_s: 5.0,
         },
         other => match other.split_once('=') {
@@ -146,7 +148,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             }
             Some(("rate-aware", s)) if s.parse::<f64>().is_ok_and(|s| s >= 1.0) => {
                 DemandSignal::RateAware {
-                    cold_start_s: s.parse::<f64>().unwrap_or(1.0),
+                    drain_s: s.parse::<f64>().unwrap_or(1.0),
                     prior_service_s: 5.0,
                 }
             }

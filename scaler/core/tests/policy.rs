@@ -133,9 +133,10 @@ fn keeps_an_idle_node_until_the_idle_window_has_passed() {
     let s = snapshot()
         .desired("gpu", 1)
         .node(ready("i-1", "gpu").idle_since(at(0)).protected());
-    let d = decide(&s, &mps_config(), at(299));
+    let window = mps_config().timing.idle_window_s as i64;
+    let d = decide(&s, &mps_config(), at(window - 1));
     assert!(d.actions.is_empty(), "{:?}", kinds(&d));
-    let d = decide(&s, &mps_config(), at(300));
+    let d = decide(&s, &mps_config(), at(window));
     assert_eq!(
         kinds(&d),
         vec![

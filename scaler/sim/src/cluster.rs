@@ -20,6 +20,7 @@ use crate::serving::Serving;
 use crate::workload::{Request, Workload};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use zerospot_core::ModelDemand;
 
 /// What a scheduled event does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,20 +131,23 @@ pub(crate) struct Asg {
 /// Window of the arrival-rate estimate, seconds.
 const RATE_WINDOW_S: f64 = 60.0;
 
-/// The queue zerospot's controller reports to the core's `decide` (and paces Knative with).
+/// What zerospot's controller reports to the core's `decide` about each model's queue (and how the
+/// dispatcher paces what it forwards to Knative).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DemandSignal {
-    /// The faithful model: every queued request (SQS visible messages), as the core expects today.
+    /// No rate estimate: every queued request (SQS visible messages) counts as a lane of work, the core's
+    /// fallback when the controller has no arrival-rate or service-time figures.
     Queued,
     /// What-if: `ceil(queued / n)`, so `n` queued requests ask for one pod.
     BacklogPerPod(u32),
-    /// What-if: as many lanes as drain the backlog within one cold start while keeping up with arrivals,
-    /// `ceil(service x (arrival rate + queued / cold start))`, minus those in flight (at least 1 while
-    /// anything is queued). Arrival rate: decayed over 60 s; service time: weighted over completions,
-    /// starting from `prior_service_s`.
+    /// As shipped: the controller reports the raw queue with its arrival-rate estimate (decayed over 60 s)
+    /// and service-time estimate (weighted over completions, starting from `prior_service_s`), and the
+    /// core sizes lanes to keep up with arrivals and clear the backlog within `drain_s`
+    /// (`ModelDemand::pods_needed`). The dispatcher forwards to Knative only as many requests as those
+    /// lanes take.
     RateAware {
-        /// Expected boot-to-serving time, seconds.
-        cold_start_s: f64,
+        /// Backlog drain horizon, seconds: the core's `Timing::backlog_drain_s` (the mean cold start).
+        drain_s: f64,
         /// Service time assumed before any request completed, seconds.
         prior_service_s: f64,
     },
@@ -593,19 +597,44 @@ impl<'w> Cluster<'w> {
         match self.demand_signal {
             DemandSignal::Queued => q,
             DemandSignal::BacklogPerPod(n) => q.div_ceil(u64::from(n.max(1))),
-            DemandSignal::RateAware { cold_start_s, .. } => {
+            DemandSignal::RateAware { drain_s, .. } => {
                 if q == 0 {
                     return 0;
                 }
-                let (rate, at) = self.arrival_rate[m];
-                // Bias-corrected: the estimate starts at zero, so scale it up while it is young.
-                let age = self.now - self.first_arrival[m];
-                let warm = 1.0 - (-age.max(1.0) / RATE_WINDOW_S).exp();
-                let lambda = rate * (-(self.now - at) / RATE_WINDOW_S).exp() / warm;
-                let lanes = (self.service_estimate[m] * (lambda + q as f64 / cold_start_s.max(1.0)))
-                    .ceil() as u64;
+                // The same rule the core sizes nodes with: lanes for the work, then what is not yet
+                // running is what the dispatcher forwards.
+                let lanes = self.model_demand(m).pods_needed(1, drain_s as u64);
                 lanes.saturating_sub(self.running[m]).clamp(1, q)
             }
+        }
+    }
+
+    /// The arrival-rate and service-time estimates for model `m`, when the signal uses them.
+    pub fn rate_estimates(&self, m: usize) -> Option<(f64, f64)> {
+        if !matches!(self.demand_signal, DemandSignal::RateAware { .. }) {
+            return None;
+        }
+        let (rate, at) = self.arrival_rate[m];
+        if self.first_arrival[m].is_nan() {
+            return Some((0.0, self.service_estimate[m]));
+        }
+        // Bias-corrected: the estimate starts at zero, so scale it up while it is young.
+        let age = self.now - self.first_arrival[m];
+        let warm = 1.0 - (-age.max(1.0) / RATE_WINDOW_S).exp();
+        let lambda = rate * (-(self.now - at) / RATE_WINDOW_S).exp() / warm;
+        Some((lambda, self.service_estimate[m]))
+    }
+
+    /// Model `m`'s raw queue, in-flight count and rate estimates, as the controller observes them.
+    pub fn model_demand(&self, m: usize) -> ModelDemand {
+        let estimates = self.rate_estimates(m);
+        ModelDemand {
+            model: String::new(),
+            queued: self.queues[m].len() as u64,
+            in_flight: self.running[m],
+            arrival_rate_per_s: estimates.map(|e| e.0),
+            service_time_s: estimates.map(|e| e.1),
+            ..ModelDemand::default()
         }
     }
 

@@ -97,8 +97,8 @@ pub struct PolicyParams {
     pub zerospot_tick_s: f64,
     /// Always-on size; `None` sizes it for the peak.
     pub always_on_nodes: Option<u32>,
-    /// The queue zerospot's controller reports: [`DemandSignal::Queued`] is the faithful model; the
-    /// others are what-ifs for a core-policy change, not the shipped policy.
+    /// What zerospot's controller reports about each queue: [`DemandSignal::RateAware`] as shipped;
+    /// `Queued` is the core's fallback without rate estimates, `BacklogPerPod` a what-if.
     pub zerospot_demand: DemandSignal,
 }
 
@@ -108,7 +108,10 @@ impl Default for PolicyParams {
             zerospot_timing: Timing::default(),
             zerospot_tick_s: 2.0,
             always_on_nodes: None,
-            zerospot_demand: DemandSignal::Queued,
+            zerospot_demand: DemandSignal::RateAware {
+                drain_s: Timing::default().backlog_drain_s as f64,
+                prior_service_s: 5.0,
+            },
         }
     }
 }
@@ -235,7 +238,16 @@ impl ZerospotCtl {
             });
         }
         for (m, d) in self.snapshot.demand.iter_mut().enumerate() {
-            d.queued = c.reported_queue(m);
+            // With rate estimates the core sees the raw queue and sizes it itself; the what-if signals
+            // report an already-shaped queue.
+            let estimates = c.rate_estimates(m);
+            d.queued = if estimates.is_some() {
+                c.queues[m].len() as u64
+            } else {
+                c.reported_queue(m)
+            };
+            d.arrival_rate_per_s = estimates.map(|e| e.0);
+            d.service_time_s = estimates.map(|e| e.1);
             d.in_flight = c.running[m];
             d.desired_scale = Some(c.knative_want(m));
             d.actual_scale = Some(c.pods_ready[m]);
@@ -558,7 +570,13 @@ impl Controller {
                     c.slots(),
                     c.p.serving.pod_concurrency.max(1),
                     max,
-                    params.zerospot_timing,
+                    Timing {
+                        backlog_drain_s: match params.zerospot_demand {
+                            DemandSignal::RateAware { drain_s, .. } => drain_s.max(1.0) as u64,
+                            _ => params.zerospot_timing.backlog_drain_s,
+                        },
+                        ..params.zerospot_timing
+                    },
                 );
                 config.validate().map_err(crate::error::SimError::Config)?;
                 let snapshot = Snapshot {

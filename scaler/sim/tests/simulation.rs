@@ -54,25 +54,38 @@ fn requests_are_conserved_completed_plus_lost_equals_submitted() {
     );
 }
 
+/// The oracle is a lower bound on cost *at zero queueing delay*: a policy that never makes a request wait
+/// can never cost less, and the default zerospot never does on the reference workloads. A policy that
+/// lets requests queue (a burst absorbed by one node, a gap bridged by a cold start) can; when it does,
+/// its saving was bought with waits of a cold start's length, and that is what this checks.
 #[test]
 fn the_oracle_costs_no_more_than_any_policy() {
     for (seed, time_scale) in [(1, 1.0), (2, 1.0), (3, 3.0), (5, 0.5)] {
-        let report = run(&synthetic(2_500, seed, time_scale));
-        let oracle = report.policy("oracle").expect("oracle").cost_usd;
-        assert!(oracle > 0.0);
+        let scenario = synthetic(2_500, seed, time_scale);
+        let report = run(&scenario);
+        let oracle = report.policy("oracle").expect("oracle");
+        assert!(oracle.cost_usd > 0.0);
+        assert_eq!(oracle.queue_delay_s.max, 0.0, "the oracle never queues");
+        let cold_start = scenario.cluster.cloud.cold_start_max_s();
         for p in &report.policies {
+            if p.cost_usd + 1e-9 >= oracle.cost_usd {
+                continue;
+            }
             assert!(
-                oracle <= p.cost_usd + 1e-9,
-                "seed {seed}, time scale {time_scale}: {} costs {} < oracle {}",
+                p.queue_delay_s.p99 >= 0.5 * cold_start,
+                "seed {seed}, time scale {time_scale}: {} costs {} < oracle {} without making requests \
+                 wait (p99 {} s)",
                 p.name,
                 p.cost_usd,
-                oracle
+                oracle.cost_usd,
+                p.queue_delay_s.p99
+            );
+            assert!(
+                time_scale > 1.0,
+                "seed {seed}: {} beats the oracle on a reference workload",
+                p.name
             );
         }
-        assert_eq!(
-            report.policy("oracle").map(|o| o.queue_delay_s.max),
-            Some(0.0)
-        );
     }
 }
 
@@ -243,16 +256,17 @@ fn zerospot_falls_back_to_on_demand_when_spot_capacity_never_comes() {
 }
 
 #[test]
-fn the_rate_aware_what_if_avoids_the_cold_start_overshoot_without_losing_requests() {
+fn rate_estimates_avoid_the_cold_start_overshoot_without_losing_requests() {
     let mut shipped = synthetic(2_500, 1, 1.0);
     shipped.run = vec![PolicyKind::Zerospot];
-    let mut what_if = shipped.clone();
-    what_if.policies.zerospot_demand = zerospot_sim::DemandSignal::RateAware {
-        cold_start_s: 255.0,
-        prior_service_s: 5.0,
-    };
-    let a = run(&shipped);
-    let b = run(&what_if);
+    assert!(matches!(
+        shipped.policies.zerospot_demand,
+        zerospot_sim::DemandSignal::RateAware { .. }
+    ));
+    let mut without = shipped.clone();
+    without.policies.zerospot_demand = zerospot_sim::DemandSignal::Queued;
+    let a = run(&without);
+    let b = run(&shipped);
     let (a, b) = (
         a.policy("zerospot").expect("a"),
         b.policy("zerospot").expect("b"),
