@@ -142,7 +142,8 @@ async fn moto_accepts_desired_capacity_above_max_so_zerospot_must_clamp_it_itsel
 }
 
 #[tokio::test]
-async fn moto_puts_every_instance_in_the_first_zone_and_records_no_scaling_activity() {
+async fn moto_puts_all_instances_of_one_scale_out_in_a_single_zone_and_records_no_scaling_activity()
+{
     let bed = TestBed::shared().await.unwrap();
     let aws = bed.aws_config().await;
     let group = unique_name("zones");
@@ -156,11 +157,9 @@ async fn moto_puts_every_instance_in_the_first_zone_and_records_no_scaling_activ
         .into_iter()
         .map(|(_, z)| z)
         .collect();
-    assert_eq!(
-        zones,
-        vec![ZONES[0]; 4],
-        "AWS would balance across {ZONES:?}"
-    );
+    // moto picks one of the group's zones at random for each scale-out; AWS would balance them.
+    assert!(ZONES.contains(&zones[0].as_str()), "{zones:?}");
+    assert!(zones.iter().all(|z| *z == zones[0]), "{zones:?}");
     let activities = aws_sdk_autoscaling::Client::new(&aws)
         .describe_scaling_activities()
         .auto_scaling_group_name(&group)
