@@ -81,9 +81,15 @@ if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c "import moto, flask; asser
 else
     t=$SECONDS
     log "installing moto[server]==$MOTO_VERSION into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    # Built aside and moved into place, so an interrupted install never looks complete. The harness runs
+    # `bin/python -m moto.server`, which works from the moved folder (only pip's shebangs would not).
+    tmp="$venv.tmp.$$"
+    rm -rf "$tmp"
+    python3 -m venv "$tmp" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    "$tmp/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+        || { rm -rf "$tmp"; die "pip install moto[server]==$MOTO_VERSION failed"; }
+    rm -rf "$venv"; mv "$tmp" "$venv"
+    "$venv/bin/python" -c "import moto, flask" || die "the moved moto virtualenv does not import moto"
     log "installed moto in $(elapsed "$t")"
 fi
 
