@@ -122,7 +122,12 @@ pub async fn group_nodes(client: &Client, group: &str) -> Result<Vec<Node>> {
 /// A pause pod asking for `gpus` `nvidia.com/gpu`, pinned to `group`'s nodes (so that tests running side by
 /// side never land on each other's nodes), labelled `app=<name>`.
 pub fn gpu_pod(name: &str, group: &str, gpus: u32) -> Pod {
-    let gpus = BTreeMap::from([(RESOURCE_GPU.to_owned(), Quantity(gpus.to_string()))]);
+    pod_requesting(name, group, RESOURCE_GPU, gpus)
+}
+
+/// Like [`gpu_pod`] for any extended resource, such as `nvidia.com/mig-1g.10gb`.
+pub fn pod_requesting(name: &str, group: &str, resource: &str, count: u32) -> Pod {
+    let gpus = BTreeMap::from([(resource.to_owned(), Quantity(count.to_string()))]);
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),

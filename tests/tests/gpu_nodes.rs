@@ -17,7 +17,7 @@ use zerospot_testbed::bridge::{
     LABEL_INSTANCE_TYPE, LABEL_NODEGROUP, LABEL_ZONE, RESOURCE_GPU,
 };
 use zerospot_testbed::fixtures::{
-    create_gpu_group, gpu_pod, group_instances, group_nodes, is_ready, is_running,
+    create_gpu_group, gpu_pod, group_instances, group_nodes, is_ready, is_running, pod_requesting,
     set_desired_capacity,
 };
 use zerospot_testbed::{
@@ -272,4 +272,85 @@ async fn eviction_succeeds_and_is_refused_with_429_while_a_disruption_budget_for
     })
     .await
     .unwrap();
+}
+
+/// Waits until exactly `running` of `names` run and the rest are Unschedulable.
+async fn expect_running_and_unschedulable(pods: &Api<Pod>, names: &[String], running: usize) {
+    eventually("pods to be placed or refused", CONVERGE, || async {
+        let (mut run, mut refused) = (0, 0);
+        for name in names {
+            let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+            if is_running(&pod) {
+                run += 1;
+            }
+            let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+            if conditions.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            }) {
+                refused += 1;
+            }
+        }
+        if run == running && refused == names.len() - running {
+            Ok(())
+        } else {
+            Err(format!("{run} running, {refused} unschedulable"))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_time_sliced_gpu_fits_as_many_one_gpu_pods_as_it_has_replicas() {
+    let bed = TestBed::shared().await.unwrap();
+    let aws = bed.aws_config().await;
+    let client = bed.kube_client().await.unwrap();
+    let group = unique_name("slices");
+    let spec = NodeGroupSpec::gpus(1).sharing(GpuSharing::TimeSlicing { replicas: 4 });
+    create_gpu_group(&aws, &group, "g6.xlarge", &spec, 1)
+        .await
+        .unwrap();
+    let _bridge = Bridge::spawn(&aws, client.clone(), BridgeOptions::new([group.clone()]));
+    set_desired_capacity(&aws, &group, 1).await.unwrap();
+    let namespace = bed.namespace(&client, "slices").await.unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let names: Vec<String> = (0..5).map(|i| format!("model-{i}")).collect();
+    for name in &names {
+        pods.create(&PostParams::default(), &gpu_pod(name, &group, 1))
+            .await
+            .unwrap();
+    }
+    expect_running_and_unschedulable(&pods, &names, 4).await;
+}
+
+#[tokio::test]
+async fn a_mig_node_runs_pods_that_request_its_slices() {
+    let bed = TestBed::shared().await.unwrap();
+    let aws = bed.aws_config().await;
+    let client = bed.kube_client().await.unwrap();
+    let group = unique_name("mig");
+    let spec = NodeGroupSpec::gpus(1).sharing(GpuSharing::Mig {
+        profile: "3g.40gb".into(),
+        per_gpu: 2,
+    });
+    create_gpu_group(&aws, &group, "p4d.24xlarge", &spec, 1)
+        .await
+        .unwrap();
+    let _bridge = Bridge::spawn(&aws, client.clone(), BridgeOptions::new([group.clone()]));
+    set_desired_capacity(&aws, &group, 1).await.unwrap();
+    let namespace = bed.namespace(&client, "mig").await.unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let names: Vec<String> = (0..3).map(|i| format!("slice-{i}")).collect();
+    for name in &names {
+        let pod = pod_requesting(name, &group, "nvidia.com/mig-3g.40gb", 1);
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    expect_running_and_unschedulable(&pods, &names, 2).await;
+    // A whole GPU is not on offer on a MIG node.
+    pods.create(&PostParams::default(), &gpu_pod("whole", &group, 1))
+        .await
+        .unwrap();
+    expect_running_and_unschedulable(&pods, &["whole".to_owned()], 0).await;
 }
