@@ -287,7 +287,13 @@ impl ZerospotCtl {
                 Action::SetDesiredCapacity { .. } => {}
             }
         }
-        for (i, state) in self.snapshot.pools.iter().enumerate().take(2) {
+        // Groups by name: the snapshot lists pools in the order decisions first touched them.
+        for state in &self.snapshot.pools {
+            let i = match state.pool.as_str() {
+                SPOT_POOL => 0,
+                ON_DEMAND_POOL => 1,
+                _ => continue,
+            };
             if let Some(asg) = c.asgs.get_mut(i) {
                 asg.desired = state.desired;
             }
