@@ -30,13 +30,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use bed::{BedInfo, ENV_ATTACH, ENV_CACHE, ENV_KEEP, REGION, TestBed, Versions};
 pub use bridge::{Bridge, BridgeOptions, CapacityType, GpuSharing, NodeGroupSpec};
 
-/// Why the bed could not do what a test asked.
-#[derive(Debug, thiserror::Error)]
+/// Why the bed could not do what a test asked. Its `Debug` is its message, so that a test's `unwrap()`
+/// prints it readably.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The cached binaries or the moto virtualenv are missing.
     #[error(
-        "the test bed is not set up: missing {missing:?} under {cache}. Run `bash tests/bed/setup.sh` first \
-         (it builds the Kubernetes control plane, etcd and kwok and installs moto; set ZEROSPOT_CACHE to move the cache)"
+        "the test bed is not set up: run `bash tests/bed/setup.sh` first (it builds the Kubernetes control \
+         plane, etcd and kwok and installs moto into {cache}; ZEROSPOT_CACHE moves it). Missing: {missing:?}"
     )]
     NotSetUp {
         cache: PathBuf,
@@ -82,6 +83,12 @@ pub enum Error {
     /// An AWS call against moto failed.
     #[error("aws {call}: {message}")]
     Aws { call: &'static str, message: String },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Result with the bed's [`Error`].
