@@ -317,7 +317,13 @@ impl TestBed {
         install_crds(&client, &layout.crds).await?;
         // The controller manager is working once it has made the default ServiceAccount.
         wait_for_default_service_account(&supervisor, &client, "default").await?;
+        wait_for_port(&supervisor, "kube-scheduler", scheduler).await?;
+        wait_for_port(&supervisor, "kube-controller-manager", controller_manager).await?;
+        wait_for_port(&supervisor, "kwok", kwok).await?;
         wait_for_port(&supervisor, "moto", moto).await?;
+        for (name, _) in supervisor.pids() {
+            check_alive(&supervisor, &name)?;
+        }
 
         let info = BedInfo {
             dir: path.clone(),
@@ -425,17 +431,36 @@ impl TestBed {
     }
 }
 
-/// `N` distinct free loopback ports, held open together while chosen.
+/// `N` distinct free loopback ports, held open together while chosen. They are picked at random below the
+/// kernel's ephemeral range, so that no outgoing connection (which takes an ephemeral port) can grab one in
+/// the moment between choosing it and the server binding it.
 fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let random = RandomState::new();
     let mut listeners = Vec::with_capacity(N);
     let mut ports = [0u16; N];
+    let mut attempt = 0u64;
     for port in &mut ports {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(Error::io("finding a free port"))?;
-        *port = l
-            .local_addr()
-            .map_err(Error::io("finding a free port"))?
-            .port();
-        listeners.push(l);
+        *port = loop {
+            attempt += 1;
+            if attempt > 10_000 {
+                return Err(Error::Io {
+                    step: "finding a free port".into(),
+                    source: std::io::Error::other(format!("no free port in {low}..{high}")),
+                });
+            }
+            let span = u64::from(high - low);
+            let candidate = low + u16::try_from(random.hash_one(attempt) % span).unwrap_or(0);
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", candidate)) {
+                listeners.push(l);
+                break candidate;
+            }
+        };
     }
     Ok(ports)
 }
