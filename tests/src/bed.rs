@@ -173,9 +173,23 @@ impl TestBed {
 
     /// Attaches to a bed that another process started, from its `bed.json`.
     pub fn attach(bed_json: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(bed_json)
-            .map_err(Error::io(format!("reading {}", bed_json.display())))?;
+        let text = std::fs::read_to_string(bed_json).map_err(Error::io(format!(
+            "reading {} (has the bed of tests/bed/start.sh stopped? then unset {ENV_ATTACH})",
+            bed_json.display()
+        )))?;
         let info: BedInfo = serde_json::from_str(&text)?;
+        let running = info
+            .processes
+            .iter()
+            .all(|(_, pid)| Path::new(&format!("/proc/{pid}")).exists());
+        if !running {
+            return Err(Error::Io {
+                step: format!("attaching to the bed of {}", bed_json.display()),
+                source: std::io::Error::other(format!(
+                    "its processes are gone; start it again (tests/bed/start.sh) or unset {ENV_ATTACH}"
+                )),
+            });
+        }
         tracing::info!(dir = %info.dir.display(), "attached to a running test bed");
         Ok(Self {
             info,
