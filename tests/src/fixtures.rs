@@ -155,3 +155,77 @@ pub fn pod_requesting(name: &str, group: &str, resource: &str, count: u32) -> Po
         ..Pod::default()
     }
 }
+
+/// An EventBridge bus of its own whose one rule delivers matching events to a new SQS queue: what
+/// zerospot's Terraform sets up, with a bus per test so that other tests' rules never see its events.
+#[derive(Debug, Clone)]
+pub struct EventRoute {
+    /// The bus name.
+    pub bus: String,
+    /// The rule name.
+    pub rule: String,
+    /// The queue URL the rule delivers to.
+    pub queue_url: String,
+}
+
+/// Creates a bus, a queue, and a rule with `pattern` on the bus targeting the queue; names are unique.
+pub async fn event_route(aws: &SdkConfig, pattern: &serde_json::Value) -> Result<EventRoute> {
+    use aws_sdk_eventbridge::types::Target;
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let events = aws_sdk_eventbridge::Client::new(aws);
+    let bus = crate::unique_name("bus");
+    events
+        .create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .map_err(Error::aws("CreateEventBus"))?;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(crate::unique_name("events"))
+        .send()
+        .await
+        .map_err(Error::aws("CreateQueue"))?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(Error::aws("GetQueueAttributes"))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap_or_default();
+    let rule = crate::unique_name("rule");
+    events
+        .put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await
+        .map_err(Error::aws("PutRule"))?;
+    let target = Target::builder()
+        .id("queue")
+        .arn(queue_arn)
+        .build()
+        .map_err(Error::aws("Target"))?;
+    events
+        .put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(target)
+        .send()
+        .await
+        .map_err(Error::aws("PutTargets"))?;
+    Ok(EventRoute {
+        bus,
+        rule,
+        queue_url,
+    })
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use zerospot_testbed::fixtures::{ZONES, create_gpu_group, group_instances, set_desired_capacity};
+use zerospot_testbed::fixtures::{
+    ZONES, create_gpu_group, event_route, group_instances, set_desired_capacity,
+};
 use zerospot_testbed::{NodeGroupSpec, TestBed, unique_name};
 
 async fn receive_one(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<aws_sdk_sqs::types::Message> {
@@ -233,49 +235,10 @@ async fn moto_delivers_eventbridge_events_to_sqs_without_the_account_field() {
     let aws = bed.aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let events = aws_sdk_eventbridge::Client::new(&aws);
-    let bus = unique_name("bus");
-    events.create_event_bus().name(&bus).send().await.unwrap();
-    let url = sqs
-        .create_queue()
-        .queue_name(unique_name("events"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    events
-        .put_rule()
-        .name("all")
-        .event_bus_name(&bus)
-        .event_pattern(r#"{"source": ["zerospot.test"]}"#)
-        .send()
+    let route = event_route(&aws, &serde_json::json!({"source": ["zerospot.test"]}))
         .await
         .unwrap();
-    events
-        .put_targets()
-        .rule("all")
-        .event_bus_name(&bus)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("q")
-                .arn(arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (bus, url) = (route.bus, route.queue_url);
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(&bus)
         .source("zerospot.test")

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use zerospot_testbed::bridge::SPOT_DETAIL_TYPE;
 use zerospot_testbed::fixtures::{
-    create_gpu_group, group_instances, group_nodes, is_ready, set_desired_capacity,
+    EventRoute, create_gpu_group, event_route, group_instances, group_nodes, is_ready,
+    set_desired_capacity,
 };
 use zerospot_testbed::{Bridge, BridgeOptions, NodeGroupSpec, TestBed, eventually, unique_name};
 
@@ -20,55 +20,11 @@ async fn a_spot_interruption_is_delivered_to_sqs_and_then_the_node_is_removed() 
     let aws = bed.aws_config().await;
     let client = bed.kube_client().await.unwrap();
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let events = aws_sdk_eventbridge::Client::new(&aws);
 
     // What zerospot's Terraform sets up, on a bus of this test's own (AWS uses the default bus; sharing
     // it would let other tests' rules see this test's events).
-    let bus = unique_name("bus");
-    events.create_event_bus().name(&bus).send().await.unwrap();
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique_name("interruptions"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let rule = unique_name("spot");
     let pattern = serde_json::json!({"source": ["aws.ec2"], "detail-type": [SPOT_DETAIL_TYPE]});
-    events
-        .put_rule()
-        .name(&rule)
-        .event_bus_name(&bus)
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule(&rule)
-        .event_bus_name(&bus)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("queue")
-                .arn(&queue_arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let EventRoute { bus, queue_url, .. } = event_route(&aws, &pattern).await.unwrap();
 
     let group = unique_name("spot");
     create_gpu_group(
