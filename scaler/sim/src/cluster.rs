@@ -116,6 +116,11 @@ impl SimNode {
     pub fn free_slot(&self) -> Option<usize> {
         self.pods.iter().position(Option::is_none)
     }
+    /// Ready, nothing in flight and no model pod for at least `secs` at `now`: what the Cluster
+    /// Autoscaler and Karpenter both remove.
+    pub fn empty_for(&self, now: f64, secs: f64) -> bool {
+        self.ready && self.in_flight == 0 && self.pod_count() == 0 && now - self.empty_since >= secs
+    }
 }
 
 /// An Auto Scaling group: keeps `desired` instances, retries failed launches.

@@ -334,12 +334,7 @@ impl CaState {
         if c.now - self.last_scale_up >= CA_DELAY_AFTER_ADD_S {
             let live = c.live.clone();
             for id in live {
-                let n = &c.nodes[id as usize];
-                if n.ready
-                    && n.in_flight == 0
-                    && n.pod_count() == 0
-                    && c.now - n.empty_since >= CA_UNNEEDED_S
-                {
+                if c.nodes[id as usize].empty_for(c.now, CA_UNNEEDED_S) {
                     c.end_node(id, true);
                     c.asgs[0].desired = c.asgs[0].desired.saturating_sub(1);
                 }
@@ -482,12 +477,7 @@ impl KarpenterState {
         self.consolidate(c);
         let live = c.live.clone();
         for id in live {
-            let n = &c.nodes[id as usize];
-            if n.ready
-                && n.in_flight == 0
-                && n.pod_count() == 0
-                && c.now - n.empty_since >= KARPENTER_CONSOLIDATE_AFTER_S
-            {
+            if c.nodes[id as usize].empty_for(c.now, KARPENTER_CONSOLIDATE_AFTER_S) {
                 c.end_node(id, true);
             }
         }
