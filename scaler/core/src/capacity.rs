@@ -61,16 +61,6 @@ impl Sharing {
             Sharing::Mig { .. } => 0,
         }
     }
-
-    /// The device plugin's name for this strategy (`nvidia.com/gpu.sharing-strategy`).
-    pub fn strategy_label(&self) -> &'static str {
-        match self {
-            Sharing::Exclusive => "none",
-            Sharing::Mps { .. } => "mps",
-            Sharing::TimeSlicing { .. } => "time-slicing",
-            Sharing::Mig { .. } => "mig",
-        }
-    }
 }
 
 /// A GPU node pool: one EC2 Auto Scaling group (an EKS managed node group's, or our own).

@@ -11,7 +11,7 @@
 use crate::Disruption;
 use crate::capacity::{CapacityType, MigProfile, ModelSpec, Node, NodeState, PoolSpec, Sharing};
 use crate::demand::ModelDemand;
-use crate::policy::{Config, PoolState, Snapshot, Timing};
+use crate::policy::{Config, Snapshot, Timing};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 /// A fixed epoch for tests: 2026-11-24T00:00:00Z plus `secs`.
@@ -233,9 +233,4 @@ impl Snapshot {
         };
         &mut self.demand[pos]
     }
-}
-
-/// The pool state for `pool`, if any.
-pub fn pool_state<'a>(snapshot: &'a Snapshot, pool: &str) -> Option<&'a PoolState> {
-    snapshot.pools.iter().find(|p| p.pool == pool)
 }
