@@ -1,0 +1,456 @@
+//! observe(): AWS and Kubernetes objects in, the core's snapshot out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use k8s_openapi::api::core::v1::{
+    Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use zerospot_core::{Disruption, NodeState, Sharing};
+use zerospot_effects::config::names;
+use zerospot_effects::{
+    Autoscaler, Group, GroupInstance, Memory, QueueDepth, ScalerConfig, World, observe,
+};
+
+const CONFIG: &str = r#"
+pools:
+  - name: gpu
+    asg_name: gpu-asg
+  - name: mig
+    asg_name: mig-asg
+    sharing: {mode: mig, profiles: [{name: 1g.10gb, per_gpu: 7}]}
+models:
+  - {name: llama, pool: gpu, namespace: models, service: llama, queue_url: "https://sqs/llama", concurrency: 2}
+  - {name: mistral, pool: gpu, namespace: models, service: mistral}
+  - {name: tiny, pool: mig, namespace: models, service: tiny, mig_profile: 1g.10gb}
+timing: {idle_window_s: 120, launch_timeout_s: 600}
+"#;
+
+fn t(s: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap() + Duration::seconds(s)
+}
+
+fn jiff(t: DateTime<Utc>) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap())
+}
+
+fn group(name: &str, max: u32, ids: &[&str]) -> Group {
+    Group {
+        name: name.into(),
+        min: 0,
+        max,
+        desired: u32::try_from(ids.len()).unwrap(),
+        instances: ids
+            .iter()
+            .map(|id| GroupInstance {
+                id: (*id).into(),
+                lifecycle_state: "InService".into(),
+                protected: false,
+            })
+            .collect(),
+    }
+}
+
+/// A Ready node of instance `id` offering `gpu` slots, MPS with 4 replicas on 1 GPU, created at t(0).
+fn node(id: &str, gpu: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(format!("ip-{id}")),
+            creation_timestamp: Some(jiff(t(0))),
+            labels: Some(BTreeMap::from([
+                (names::LABEL_NODEGROUP.into(), "gpu".into()),
+                (names::LABEL_GPU_COUNT.into(), "1".into()),
+                (names::LABEL_GPU_REPLICAS.into(), "4".into()),
+                (names::LABEL_GPU_SHARING.into(), "mps".into()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            provider_id: Some(format!("aws:///us-east-1a/{id}")),
+            ..NodeSpec::default()
+        }),
+        status: Some(NodeStatus {
+            allocatable: Some(BTreeMap::from([(
+                names::RESOURCE_GPU.into(),
+                Quantity(gpu.into()),
+            )])),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+fn annotate(mut n: Node, k: &str, v: &str) -> Node {
+    n.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(k.into(), v.into());
+    n
+}
+
+fn pending_pod(service: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("{service}-pod")),
+            namespace: Some("models".into()),
+            labels: Some(BTreeMap::from([(
+                names::LABEL_KNATIVE_SERVICE.into(),
+                service.into(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec::default()),
+        status: Some(PodStatus {
+            phase: Some("Pending".into()),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+struct Fixture {
+    groups: Vec<Group>,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    autoscalers: Vec<Autoscaler>,
+    queues: HashMap<String, QueueDepth>,
+}
+
+impl Fixture {
+    fn new(groups: Vec<Group>) -> Self {
+        Fixture {
+            groups,
+            nodes: vec![],
+            pods: vec![],
+            autoscalers: vec![],
+            queues: HashMap::new(),
+        }
+    }
+
+    fn observe(&self, memory: &mut Memory, now: DateTime<Utc>) -> zerospot_effects::Observation {
+        let config = ScalerConfig::from_yaml(CONFIG).unwrap();
+        let nodes: Vec<&Node> = self.nodes.iter().collect();
+        let pods: Vec<&Pod> = self.pods.iter().collect();
+        let failures = HashMap::new();
+        let world = World {
+            groups: &self.groups,
+            nodes: &nodes,
+            pods: &pods,
+            autoscalers: &self.autoscalers,
+            queues: &self.queues,
+            capacity_failures: &failures,
+        };
+        observe(&config, &world, memory, now)
+    }
+}
+
+#[test]
+fn a_node_joins_its_pool_by_instance_and_reads_its_sharing_from_device_plugin_labels() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1"])]);
+    f.nodes.push(node("i-1", "4"));
+    let obs = f.observe(&mut Memory::default(), t(10));
+    let n = &obs.snapshot.nodes[0];
+    assert_eq!(n.instance_id, "i-1");
+    assert_eq!(n.name.as_deref(), Some("ip-i-1"));
+    assert_eq!(n.pool, "gpu");
+    assert_eq!(n.state, NodeState::GpuReady);
+    assert_eq!(obs.config.pools[0].sharing, Sharing::Mps { replicas: 4 });
+    assert_eq!((obs.config.pools[0].min, obs.config.pools[0].max), (0, 4));
+}
+
+#[test]
+fn a_pool_back_at_zero_remembers_the_shape_its_nodes_had() {
+    let mut memory = Memory::default();
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1"])]);
+    f.nodes.push(node("i-1", "4"));
+    f.observe(&mut memory, t(10));
+    let f = Fixture::new(vec![group("gpu-asg", 4, &[])]);
+    let obs = f.observe(&mut memory, t(20));
+    assert_eq!(obs.config.pools[0].sharing, Sharing::Mps { replicas: 4 });
+    assert!(obs.snapshot.nodes.is_empty());
+    // Without memory, the assumption (exclusive) holds.
+    let obs = f.observe(&mut Memory::default(), t(20));
+    assert_eq!(obs.config.pools[0].sharing, Sharing::Exclusive);
+}
+
+#[test]
+fn an_instance_without_a_node_or_without_gpus_is_launching_and_times_out_from_its_first_sighting() {
+    let mut memory = Memory::default();
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1", "i-2"])]);
+    f.nodes.push(node("i-2", "0"));
+    let obs = f.observe(&mut memory, t(100));
+    assert!(
+        obs.snapshot
+            .nodes
+            .iter()
+            .all(|n| n.state == NodeState::Launching)
+    );
+    let i1 = obs
+        .snapshot
+        .nodes
+        .iter()
+        .find(|n| n.instance_id == "i-1")
+        .unwrap();
+    assert_eq!(i1.launched_at, t(100));
+    // i-2's Node was created at t(0): the earlier evidence wins.
+    let i2 = obs
+        .snapshot
+        .nodes
+        .iter()
+        .find(|n| n.instance_id == "i-2")
+        .unwrap();
+    assert_eq!(i2.launched_at, t(0));
+    assert_eq!(obs.next_deadline, Some(t(600)));
+    let later = f.observe(&mut memory, t(200));
+    let i1 = later
+        .snapshot
+        .nodes
+        .iter()
+        .find(|n| n.instance_id == "i-1")
+        .unwrap();
+    assert_eq!(i1.launched_at, t(100), "first sighting is remembered");
+}
+
+#[test]
+fn a_node_that_is_not_ready_is_not_gpu_ready() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1"])]);
+    let mut n = node("i-1", "4");
+    n.status.as_mut().unwrap().conditions = Some(vec![NodeCondition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        ..NodeCondition::default()
+    }]);
+    f.nodes.push(n);
+    assert_eq!(
+        f.observe(&mut Memory::default(), t(1)).snapshot.nodes[0].state,
+        NodeState::Launching
+    );
+}
+
+#[test]
+fn work_in_flight_and_idle_time_come_from_the_dispatchers_annotations() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1", "i-2", "i-3"])]);
+    f.nodes
+        .push(annotate(node("i-1", "4"), names::ANNOTATION_IN_FLIGHT, "3"));
+    f.nodes.push(annotate(
+        annotate(node("i-2", "4"), names::ANNOTATION_IN_FLIGHT, "0"),
+        names::ANNOTATION_IDLE_SINCE,
+        &t(50).to_rfc3339(),
+    ));
+    f.nodes.push(annotate(
+        node("i-3", "4"),
+        names::ANNOTATION_IN_FLIGHT,
+        "garbage",
+    ));
+    let obs = f.observe(&mut Memory::default(), t(100));
+    let by = |id: &str| {
+        obs.snapshot
+            .nodes
+            .iter()
+            .find(|n| n.instance_id == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!((by("i-1").in_flight, by("i-1").idle_since), (3, None));
+    assert_eq!(
+        (by("i-2").in_flight, by("i-2").idle_since),
+        (0, Some(t(50)))
+    );
+    assert_eq!(
+        (by("i-3").in_flight, by("i-3").idle_since),
+        (0, Some(t(0))),
+        "idle since created"
+    );
+    // The earliest idle window to run out: i-3's, at 0 + 120 s.
+    assert_eq!(obs.next_deadline, Some(t(120)));
+}
+
+#[test]
+fn disruptions_come_from_annotation_taint_and_lifecycle_state() {
+    let mut g = group("gpu-asg", 4, &["i-1", "i-2", "i-3", "i-4"]);
+    g.instances[2].lifecycle_state = "Terminating:Wait".into();
+    g.instances[3].protected = true;
+    let mut f = Fixture::new(vec![g]);
+    f.nodes.push(annotate(
+        node("i-1", "4"),
+        names::ANNOTATION_DISRUPTION,
+        "rebalance_recommendation",
+    ));
+    let mut tainted = node("i-2", "4");
+    tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
+        key: names::TAINT_INTERRUPTED.into(),
+        value: Some("true".into()),
+        effect: "NoSchedule".into(),
+        ..Taint::default()
+    }]);
+    tainted.spec.as_mut().unwrap().unschedulable = Some(true);
+    f.nodes.push(tainted);
+    f.nodes.push(annotate(
+        node("i-4", "4"),
+        names::ANNOTATION_DRAINING,
+        &t(1).to_rfc3339(),
+    ));
+    let obs = f.observe(&mut Memory::default(), t(10));
+    let by = |id: &str| {
+        obs.snapshot
+            .nodes
+            .iter()
+            .find(|n| n.instance_id == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by("i-1").disruption,
+        Some(Disruption::RebalanceRecommendation)
+    );
+    assert_eq!(by("i-2").disruption, Some(Disruption::SpotInterruption));
+    assert!(by("i-2").cordoned);
+    assert_eq!(by("i-3").disruption, Some(Disruption::Terminating));
+    assert!(by("i-4").draining && by("i-4").protected);
+    assert!(!by("i-1").cordoned && !by("i-1").draining);
+}
+
+#[test]
+fn terminated_instances_and_nodes_of_other_groups_are_left_out() {
+    let mut g = group("gpu-asg", 4, &["i-1", "i-2"]);
+    g.instances[1].lifecycle_state = "Terminated".into();
+    let mut f = Fixture::new(vec![g]);
+    f.nodes.push(node("i-9", "4"));
+    let obs = f.observe(&mut Memory::default(), t(10));
+    assert_eq!(obs.snapshot.nodes.len(), 1);
+    assert_eq!(obs.snapshot.nodes[0].instance_id, "i-1");
+    assert!(
+        obs.notes.iter().any(|n| n.contains("i-9")),
+        "{:?}",
+        obs.notes
+    );
+}
+
+#[test]
+fn demand_joins_queue_depth_podautoscalers_of_every_revision_and_unscheduled_pods() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &[])]);
+    f.queues.insert(
+        "llama".into(),
+        QueueDepth {
+            visible: 5,
+            in_flight: 2,
+        },
+    );
+    for (desired, actual) in [(Some(2), Some(1)), (Some(1), Some(-1)), (Some(-1), None)] {
+        f.autoscalers.push(Autoscaler {
+            namespace: "models".into(),
+            service: "llama".into(),
+            desired_scale: desired,
+            actual_scale: actual,
+        });
+    }
+    f.autoscalers.push(Autoscaler {
+        namespace: "other".into(),
+        service: "mistral".into(),
+        desired_scale: Some(9),
+        actual_scale: Some(9),
+    });
+    f.pods.push(pending_pod("llama"));
+    let mut scheduled = pending_pod("llama");
+    scheduled.spec.as_mut().unwrap().node_name = Some("n".into());
+    f.pods.push(scheduled);
+    f.pods.push(pending_pod("mistral"));
+    let obs = f.observe(&mut Memory::default(), t(10));
+    let llama = obs
+        .snapshot
+        .demand
+        .iter()
+        .find(|d| d.model == "llama")
+        .unwrap();
+    assert_eq!((llama.queued, llama.in_flight), (5, 2));
+    assert_eq!(llama.desired_scale, Some(3));
+    assert_eq!(llama.actual_scale, Some(1));
+    assert_eq!(llama.pending_pods, 1);
+    let mistral = obs
+        .snapshot
+        .demand
+        .iter()
+        .find(|d| d.model == "mistral")
+        .unwrap();
+    assert_eq!(
+        mistral.desired_scale, None,
+        "another namespace's Service of the same name is not ours"
+    );
+    assert_eq!(mistral.pending_pods, 1);
+}
+
+#[test]
+fn a_podautoscaler_is_read_from_its_json() {
+    let pa = serde_json::json!({
+        "apiVersion": "autoscaling.internal.knative.dev/v1alpha1", "kind": "PodAutoscaler",
+        "metadata": {"name": "llama-00001", "namespace": "models",
+                     "labels": {"serving.knative.dev/service": "llama"}},
+        "status": {"desiredScale": 1, "actualScale": 0}
+    });
+    let a = Autoscaler::from_json(&pa).unwrap();
+    assert_eq!((a.desired_scale, a.actual_scale), (Some(1), Some(0)));
+    assert_eq!(
+        (a.namespace.as_str(), a.service.as_str()),
+        ("models", "llama")
+    );
+    let mut no_status = pa.clone();
+    no_status.as_object_mut().unwrap().remove("status");
+    assert_eq!(
+        Autoscaler::from_json(&no_status).unwrap().desired_scale,
+        None
+    );
+    let mut unlabelled = pa;
+    unlabelled["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("labels");
+    assert!(Autoscaler::from_json(&unlabelled).is_none());
+}
+
+#[test]
+fn a_mig_pool_reads_slices_per_gpu_and_is_ready_only_with_slices() {
+    let mut f = Fixture::new(vec![group("mig-asg", 2, &["i-m"])]);
+    let mut n = node("i-m", "0");
+    let labels = n.metadata.labels.as_mut().unwrap();
+    labels.insert(names::LABEL_GPU_COUNT.into(), "2".into());
+    labels.remove(names::LABEL_GPU_SHARING);
+    labels.remove(names::LABEL_GPU_REPLICAS);
+    n.status
+        .as_mut()
+        .unwrap()
+        .allocatable
+        .as_mut()
+        .unwrap()
+        .insert("nvidia.com/mig-1g.10gb".into(), Quantity("14".into()));
+    f.nodes.push(n);
+    let obs = f.observe(&mut Memory::default(), t(10));
+    let pool = obs.config.pools.iter().find(|p| p.name == "mig").unwrap();
+    assert_eq!(pool.gpus, 2);
+    assert_eq!(
+        pool.sharing,
+        Sharing::Mig {
+            profiles: vec![zerospot_core::capacity::MigProfile {
+                name: "1g.10gb".into(),
+                per_gpu: 7
+            }]
+        }
+    );
+    assert_eq!(obs.snapshot.nodes[0].state, NodeState::GpuReady);
+}
+
+#[test]
+fn a_provider_id_that_is_not_aws_names_no_instance() {
+    let mut n = node("i-1", "1");
+    assert_eq!(zerospot_effects::observe::instance_id(&n), Some("i-1"));
+    n.spec.as_mut().unwrap().provider_id = Some("gce://p/z/i-1".into());
+    assert_eq!(zerospot_effects::observe::instance_id(&n), None);
+    n.spec.as_mut().unwrap().provider_id = Some("aws:///us-east-1a/".into());
+    assert_eq!(zerospot_effects::observe::instance_id(&n), None);
+}
