@@ -3,6 +3,7 @@
 
 mod explain;
 mod plan;
+mod run_scaler;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,28 @@ enum Command {
     /// --json); --out DIR writes plots. Deterministic for a given --seed. Exits 2 on bad input (a
     /// malformed trace names its line).
     Simulate(Box<simulate::Args>),
+    /// Runs the companion scaler: watches the cluster, the queues and the GPU Auto Scaling groups, and
+    /// moves the groups to and from zero with demand (see README "The companion scaler").
+    ///
+    /// Kubernetes access comes from KUBECONFIG or the in-cluster service account; AWS access from the
+    /// usual AWS environment (AWS_REGION, credentials, AWS_ENDPOINT_URL). Logs are JSON lines on stderr
+    /// (RUST_LOG sets the level). Stops gracefully on SIGTERM or Ctrl-C, releasing its leader Lease.
+    Scaler(run_scaler::Args),
+    /// Checks a scaler configuration file and prints it with every default filled in (exit 2 when
+    /// it is invalid, with what to fix).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validates FILE (YAML or JSON); prints the effective configuration as YAML.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
 }
 
 /// A failure and the exit code it maps to: 2 for input we could not use, 1 for anything else.
@@ -122,6 +145,10 @@ fn main() -> ExitCode {
         } => plan::plan(snapshot.as_deref(), now, compact),
         Command::CheckRequest { input, now } => plan::check_request(&input, now),
         Command::Simulate(args) => simulate::run(*args),
+        Command::Scaler(args) => run_scaler::run(args),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => run_scaler::check(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

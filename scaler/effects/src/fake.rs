@@ -120,10 +120,10 @@ impl FakeAutoScaling {
     }
 
     fn take_failure(s: &mut AsgState, call: &'static str) -> Result<(), AwsError> {
-        if let Some(pos) = s.fail_next.iter().position(|(c, _)| *c == call) {
-            if let Some((_, e)) = s.fail_next.remove(pos) {
-                return Err(e);
-            }
+        if let Some(pos) = s.fail_next.iter().position(|(c, _)| *c == call)
+            && let Some((_, e)) = s.fail_next.remove(pos)
+        {
+            return Err(e);
         }
         Ok(())
     }
@@ -404,10 +404,10 @@ impl FakeCluster {
     }
 
     fn fail(s: &mut ClusterState, call: &'static str) -> Result<(), KubeError> {
-        if let Some(pos) = s.fail_next.iter().position(|(c, _)| *c == call) {
-            if let Some((c, kind)) = s.fail_next.remove(pos) {
-                return Err(KubeError::new(c, kind, "injected"));
-            }
+        if let Some(pos) = s.fail_next.iter().position(|(c, _)| *c == call)
+            && let Some((c, kind)) = s.fail_next.remove(pos)
+        {
+            return Err(KubeError::new(c, kind, "injected"));
         }
         Ok(())
     }

@@ -253,12 +253,11 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 fn disruption_of(node: &KubeNode) -> Option<Disruption> {
-    if let Some(kind) = annotation(node, names::ANNOTATION_DISRUPTION) {
-        if let Ok(d) =
+    if let Some(kind) = annotation(node, names::ANNOTATION_DISRUPTION)
+        && let Ok(d) =
             serde_json::from_value::<Disruption>(serde_json::Value::String(kind.trim().to_owned()))
-        {
-            return Some(d);
-        }
+    {
+        return Some(d);
     }
     let tainted = node
         .spec
