@@ -311,6 +311,11 @@ impl AutoScaling for SdkAutoScaling {
                             protected: i.protected_from_scale_in().unwrap_or(false),
                         })
                         .collect(),
+                    tags: g
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                        .collect(),
                 });
             }
             token = out.next_token().map(ToOwned::to_owned);

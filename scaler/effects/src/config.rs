@@ -5,9 +5,12 @@
 //! What the cluster already says is not repeated here: a pool's GPUs per node and how they are shared
 //! (MPS replicas, time-slicing, MIG profiles) are read from the NVIDIA device plugin's node labels
 //! (`nvidia.com/gpu.count`, `nvidia.com/gpu.replicas`, `nvidia.com/gpu.sharing-strategy`, the
-//! `nvidia.com/mig-*` resources), and a pool's min and max from its Auto Scaling group. `gpus` and
-//! `sharing` in a pool are only the assumption for a pool that has no node yet (default: 1 GPU, not
-//! shared, which can only over-provision the first node, never under-provision it).
+//! `nvidia.com/mig-*` resources), and a pool's min and max from its Auto Scaling group. A pool with no
+//! node yet takes its shape from its group's node-template tags, the convention the Cluster Autoscaler
+//! uses to scale node groups from zero (`k8s.io/cluster-autoscaler/node-template/label/nvidia.com/gpu.replicas`,
+//! `.../resources/nvidia.com/mig-1g.10gb`; infra/ sets them). `gpus` and `sharing` here are the last
+//! resort (default: 1 GPU, not shared, which can only over-provision the first node, never
+//! under-provision it).
 //!
 //! # Demand per model: one request queue per model
 //! SQS counts messages per queue, not per message attribute, so each model has its own request queue.

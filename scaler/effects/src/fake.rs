@@ -65,6 +65,7 @@ impl FakeAutoScaling {
                 max,
                 desired: 0,
                 instances: Vec::new(),
+                tags: BTreeMap::new(),
             },
         );
         self

@@ -47,6 +47,8 @@ pub struct Group {
     pub desired: u32,
     /// Its instances.
     pub instances: Vec<GroupInstance>,
+    /// Its tags (the Cluster Autoscaler's `node-template` tags describe its nodes before any exists).
+    pub tags: BTreeMap<String, String>,
 }
 
 /// One instance of a group.
@@ -216,13 +218,53 @@ fn gpu_allocatable(node: &KubeNode) -> Vec<(&str, u64)> {
 
 /// GPUs per node and sharing as the device plugin and GPU feature discovery describe the node.
 pub fn node_shape(node: &KubeNode) -> (Option<u32>, Option<Sharing>) {
-    let labels = labels(node);
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let allocatable: Vec<(&str, u64)> = gpu_allocatable(node);
+    shape_of(
+        |k| labels(node).and_then(|l| l.get(k)).map(String::as_str),
+        &allocatable,
+    )
+}
+
+/// Tag prefix of the Cluster Autoscaler's node template labels on an Auto Scaling group.
+pub const TAG_TEMPLATE_LABEL: &str = "k8s.io/cluster-autoscaler/node-template/label/";
+/// Tag prefix of the Cluster Autoscaler's node template resources on an Auto Scaling group.
+pub const TAG_TEMPLATE_RESOURCE: &str = "k8s.io/cluster-autoscaler/node-template/resources/";
+
+/// The shape a group's nodes will have, from the Cluster Autoscaler's node-template tags
+/// (`k8s.io/cluster-autoscaler/node-template/label/nvidia.com/gpu.replicas: "4"`,
+/// `.../resources/nvidia.com/mig-1g.10gb: "7"`): what a pool at zero scales out with.
+pub fn group_shape(group: &Group) -> (Option<u32>, Option<Sharing>) {
+    let resources: Vec<(&str, u64)> = group
+        .tags
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.strip_prefix(TAG_TEMPLATE_RESOURCE)?,
+                v.trim().parse::<u64>().ok()?,
+            ))
+        })
+        .filter(|(k, _)| *k == names::RESOURCE_GPU || k.starts_with(names::RESOURCE_MIG_PREFIX))
+        .collect();
+    shape_of(
+        |k| {
+            group
+                .tags
+                .get(&format!("{TAG_TEMPLATE_LABEL}{k}"))
+                .map(String::as_str)
+        },
+        &resources,
+    )
+}
+
+fn shape_of<'a>(
+    label: impl Fn(&str) -> Option<&'a str>,
+    allocatable: &[(&str, u64)],
+) -> (Option<u32>, Option<Sharing>) {
     let gpus = label(names::LABEL_GPU_COUNT)
-        .and_then(|v| v.parse::<u32>().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
         .filter(|g| *g > 0);
-    let mut profiles: Vec<zerospot_core::capacity::MigProfile> = gpu_allocatable(node)
-        .into_iter()
+    let mut profiles: Vec<zerospot_core::capacity::MigProfile> = allocatable
+        .iter()
         .filter_map(|(k, n)| {
             let name = k.strip_prefix(names::RESOURCE_MIG_PREFIX)?;
             let per_gpu = u32::try_from(n / u64::from(gpus.unwrap_or(1))).ok()?;
@@ -236,7 +278,7 @@ pub fn node_shape(node: &KubeNode) -> (Option<u32>, Option<Sharing>) {
         profiles.sort_by(|a, b| a.name.cmp(&b.name));
         return (gpus, Some(Sharing::Mig { profiles }));
     }
-    let replicas = label(names::LABEL_GPU_REPLICAS).and_then(|v| v.parse::<u32>().ok());
+    let replicas = label(names::LABEL_GPU_REPLICAS).and_then(|v| v.trim().parse::<u32>().ok());
     let sharing = match (label(names::LABEL_GPU_SHARING), replicas) {
         (Some("mps"), Some(r)) if r > 0 => Some(Sharing::Mps { replicas: r }),
         (Some("time-slicing"), Some(r)) if r > 0 => Some(Sharing::TimeSlicing { replicas: r }),
@@ -340,12 +382,11 @@ pub fn observe(
         .pools
         .iter()
         .map(|p| {
+            let group = world.groups.iter().find(|g| g.name == p.asg_name);
+            let from_tags = group.map(group_shape).unwrap_or((None, None));
             let (gpus, sharing) = memory.shapes.get(&p.name).cloned().unwrap_or((None, None));
-            let limits = world
-                .groups
-                .iter()
-                .find(|g| g.name == p.asg_name)
-                .map(|g| (g.min, g.max));
+            let (gpus, sharing) = (gpus.or(from_tags.0), sharing.or(from_tags.1));
+            let limits = group.map(|g| (g.min, g.max));
             (
                 p.name.as_str(),
                 PoolShape {

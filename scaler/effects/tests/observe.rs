@@ -52,6 +52,7 @@ fn group(name: &str, max: u32, ids: &[&str]) -> Group {
                 protected: false,
             })
             .collect(),
+        tags: BTreeMap::new(),
     }
 }
 
@@ -453,4 +454,42 @@ fn a_provider_id_that_is_not_aws_names_no_instance() {
     assert_eq!(zerospot_effects::observe::instance_id(&n), None);
     n.spec.as_mut().unwrap().provider_id = Some("aws:///us-east-1a/".into());
     assert_eq!(zerospot_effects::observe::instance_id(&n), None);
+}
+
+#[test]
+fn a_pool_at_zero_takes_its_shape_from_the_groups_node_template_tags() {
+    let mut g = group("gpu-asg", 4, &[]);
+    for (k, v) in [
+        ("label/nvidia.com/gpu.count", "1"),
+        ("label/nvidia.com/gpu.replicas", "4"),
+        ("label/nvidia.com/gpu.sharing-strategy", "mps"),
+        ("resources/nvidia.com/gpu", "4"),
+    ] {
+        g.tags.insert(
+            format!("k8s.io/cluster-autoscaler/node-template/{k}"),
+            v.into(),
+        );
+    }
+    let mut mig = group("mig-asg", 2, &[]);
+    mig.tags.insert(
+        "k8s.io/cluster-autoscaler/node-template/label/nvidia.com/gpu.count".into(),
+        "8".into(),
+    );
+    mig.tags.insert(
+        "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/mig-3g.40gb".into(),
+        "16".into(),
+    );
+    let f = Fixture::new(vec![g, mig]);
+    let obs = f.observe(&mut Memory::default(), t(0));
+    assert_eq!(obs.config.pools[0].sharing, Sharing::Mps { replicas: 4 });
+    assert_eq!(obs.config.pools[1].gpus, 8);
+    assert_eq!(
+        obs.config.pools[1].sharing,
+        Sharing::Mig {
+            profiles: vec![zerospot_core::capacity::MigProfile {
+                name: "3g.40gb".into(),
+                per_gpu: 2
+            }]
+        }
+    );
 }
