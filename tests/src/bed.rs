@@ -31,6 +31,11 @@ const VERSIONS_ENV: &str = include_str!("../bed/versions.env");
 const FIELD_MANAGER: &str = "zerospot-testbed";
 /// How long each server may take to become ready on a busy 2-core machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const APISERVER: &str = "kube-apiserver";
+/// How long kube-apiserver may take to exit after SIGTERM before it gets SIGKILL. It stops listening at
+/// once, but keeps open watches (kwok's, the scheduler's, ...) until its 60 s request timeout before it
+/// exits; short requests in flight are done long before this.
+const APISERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// The pinned versions of the bed's servers (`tests/bed/versions.env`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +280,7 @@ impl TestBed {
             ))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--allow-privileged=true");
-        supervisor.spawn("kube-apiserver", cmd, &path.join("kube-apiserver.log"))?;
+        supervisor.spawn(APISERVER, cmd, &path.join("kube-apiserver.log"))?;
 
         let apiserver_url = format!("https://127.0.0.1:{apiserver}");
         let kubeconfig = path.join("kubeconfig");
@@ -378,11 +383,84 @@ impl TestBed {
         self.info.dir.join("bed.json")
     }
 
+    /// `(name, pid)` of every server running now: unlike `info().processes` (the servers as started),
+    /// this follows [`Self::restart_apiserver`] and [`Self::stop_apiserver`]. An attached bed gives
+    /// the processes of its `bed.json`.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        match &self.supervisor {
+            Some(s) => s.pids(),
+            None => self.info.processes.clone(),
+        }
+    }
+
+    /// Stops kube-apiserver (SIGTERM; SIGKILL after 2 s) and starts it again with the same arguments
+    /// on the same port, then waits until `/readyz` answers ok. etcd keeps every object; clients and
+    /// watches made before reconnect by themselves. Only for a bed this process started
+    /// ([`Error::NotOwned`] for an attached one); on the shared bed, every test of the binary sees the
+    /// outage, so give such a test a binary (or a [`Self::start`]ed bed) of its own.
+    pub async fn restart_apiserver(&self) -> Result<()> {
+        self.stop_apiserver().await?;
+        self.start_apiserver().await
+    }
+
+    /// Stops kube-apiserver (SIGTERM; SIGKILL after 2 s) and leaves it stopped: every Kubernetes call
+    /// fails (connection refused) until [`Self::start_apiserver`]. The other servers keep running. Does
+    /// nothing if it is stopped already.
+    pub async fn stop_apiserver(&self) -> Result<()> {
+        let supervisor = self.owned("stopping kube-apiserver")?;
+        if let Some(took) = supervisor.stop(APISERVER, APISERVER_GRACE).await? {
+            tracing::info!(?took, "kube-apiserver stopped");
+            self.write_bed_json(supervisor)?;
+        }
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again after [`Self::stop_apiserver`], with the same arguments and port, and
+    /// waits until `/readyz` answers ok. Only waits if it is running already.
+    pub async fn start_apiserver(&self) -> Result<()> {
+        let supervisor = self.owned("starting kube-apiserver")?;
+        let started = Instant::now();
+        if supervisor.start_again(APISERVER)?.is_some() {
+            self.write_bed_json(supervisor)?;
+        }
+        let client = client_from(&self.info.kubeconfig).await?;
+        wait_for_readyz(supervisor, &client).await?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "kube-apiserver ready"
+        );
+        Ok(())
+    }
+
+    fn owned(&self, what: &'static str) -> Result<&Supervisor> {
+        self.supervisor.as_ref().ok_or_else(|| Error::NotOwned {
+            what,
+            bed_json: self.bed_json(),
+        })
+    }
+
+    /// Rewrites `bed.json` with the running processes, so that attaching still finds them alive.
+    fn write_bed_json(&self, supervisor: &Supervisor) -> Result<()> {
+        let info = BedInfo {
+            processes: supervisor.pids(),
+            ..self.info.clone()
+        };
+        std::fs::write(self.bed_json(), serde_json::to_vec_pretty(&info)?)
+            .map_err(Error::io("writing bed.json"))
+    }
+
     /// An `SdkConfig` for moto: its endpoint, region `us-east-1`, static test credentials.
     pub async fn aws_config(&self) -> SdkConfig {
+        self.aws_config_with_endpoint(&self.info.moto_endpoint)
+            .await
+    }
+
+    /// The same `SdkConfig` as [`Self::aws_config`] but for another endpoint, e.g. a
+    /// [`ThrottlingProxy`](crate::throttle::ThrottlingProxy) in front of moto.
+    pub async fn aws_config_with_endpoint(&self, endpoint_url: &str) -> SdkConfig {
         aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.info.region.clone()))
-            .endpoint_url(&self.info.moto_endpoint)
+            .endpoint_url(endpoint_url)
             .credentials_provider(aws_sdk_sqs::config::Credentials::new(
                 "testing",
                 "testing",
@@ -523,7 +601,7 @@ async fn wait_for_port(supervisor: &Supervisor, name: &str, port: u16) -> Result
 }
 
 async fn wait_for_readyz(supervisor: &Supervisor, client: &Client) -> Result<()> {
-    let name = "kube-apiserver";
+    let name = APISERVER;
     eventually("kube-apiserver /readyz", READY_TIMEOUT, || async {
         check_alive(supervisor, name).map_err(|e| e.to_string())?;
         let req = http::Request::get("/readyz")

@@ -49,6 +49,8 @@ pub const LABEL_GPU_REPLICAS: &str = "nvidia.com/gpu.replicas";
 pub const LABEL_GPU_SHARING: &str = "nvidia.com/gpu.sharing-strategy";
 /// The GPU extended resource.
 pub const RESOURCE_GPU: &str = "nvidia.com/gpu";
+/// Label: set (by node feature discovery, from the PCI bus) on every GPU node, device plugin or not.
+pub const LABEL_GPU_PRESENT: &str = "nvidia.com/gpu.present";
 /// The annotation kwok is started to manage.
 pub const KWOK_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 /// The account moto answers as.
@@ -200,6 +202,17 @@ impl NodeGroupSpec {
         spec
     }
 
+    /// Capacity (= allocatable) of one node whose NVIDIA device plugin never came up: cpu, memory,
+    /// pods, and `nvidia.com/gpu` 0 (no MIG resources either).
+    pub fn capacity_without_gpus(&self) -> BTreeMap<String, Quantity> {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(self.cpu.clone())),
+            ("memory".to_owned(), Quantity(self.memory.clone())),
+            ("pods".to_owned(), Quantity(self.pods.to_string())),
+            (RESOURCE_GPU.to_owned(), Quantity("0".into())),
+        ])
+    }
+
     /// Capacity (= allocatable) of one node: cpu, memory, pods and the GPU resources.
     pub fn capacity(&self) -> BTreeMap<String, Quantity> {
         let mut resources = BTreeMap::from([
@@ -246,7 +259,7 @@ impl NodeGroupSpec {
                 "topology.kubernetes.io/region".to_owned(),
                 region_of(&instance.zone),
             ),
-            ("nvidia.com/gpu.present".to_owned(), "true".to_owned()),
+            (LABEL_GPU_PRESENT.to_owned(), "true".to_owned()),
             (LABEL_GPU_COUNT.to_owned(), self.gpus.to_string()),
             (
                 LABEL_GPU_REPLICAS.to_owned(),
@@ -264,13 +277,43 @@ impl NodeGroupSpec {
         labels
     }
 
+    /// The labels of a node of this group whose NVIDIA device plugin (and with it GPU feature discovery)
+    /// never came up: the generic and EKS ones and `nvidia.com/gpu.present`, no other `nvidia.com/*`.
+    pub fn labels_without_gpus(
+        &self,
+        group: &str,
+        instance: &Instance,
+    ) -> BTreeMap<String, String> {
+        let mut labels = self.labels(group, instance);
+        labels.retain(|key, _| !key.starts_with("nvidia.com/") || key == LABEL_GPU_PRESENT);
+        labels
+    }
+
     /// The Node the bridge registers for `instance` of `group`.
     pub fn node(&self, group: &str, instance: &Instance) -> Node {
-        let capacity = self.capacity();
+        self.node_with(group, instance, true)
+    }
+
+    /// The Node the bridge registers for `instance` of `group` with [`BridgeOptions::without_gpus`]:
+    /// Ready like any other, but `nvidia.com/gpu` allocatable 0 and no GPU feature labels, as when the
+    /// NVIDIA device plugin never comes up.
+    pub fn node_without_gpus(&self, group: &str, instance: &Instance) -> Node {
+        self.node_with(group, instance, false)
+    }
+
+    fn node_with(&self, group: &str, instance: &Instance, gpus_advertised: bool) -> Node {
+        let (capacity, labels) = if gpus_advertised {
+            (self.capacity(), self.labels(group, instance))
+        } else {
+            (
+                self.capacity_without_gpus(),
+                self.labels_without_gpus(group, instance),
+            )
+        };
         Node {
             metadata: ObjectMeta {
                 name: Some(instance.node_name()),
-                labels: Some(self.labels(group, instance)),
+                labels: Some(labels),
                 annotations: Some(BTreeMap::from([(
                     KWOK_ANNOTATION.0.to_owned(),
                     KWOK_ANNOTATION.1.to_owned(),
@@ -336,6 +379,9 @@ pub struct BridgeOptions {
     pub time_factor: f64,
     /// The EventBridge bus interruptions are put on; `None` is the default bus (where AWS puts them).
     pub event_bus: Option<String>,
+    /// Register nodes without GPUs, as when the NVIDIA device plugin never comes up (see
+    /// [`Self::without_gpus`]).
+    pub without_gpus: bool,
 }
 
 impl BridgeOptions {
@@ -347,6 +393,7 @@ impl BridgeOptions {
             poll_interval: Duration::from_millis(200),
             time_factor: 1.0,
             event_bus: None,
+            without_gpus: false,
         }
     }
 
@@ -362,6 +409,15 @@ impl BridgeOptions {
 
     pub fn event_bus(mut self, bus: impl Into<String>) -> Self {
         self.event_bus = Some(bus.into());
+        self
+    }
+
+    /// The groups' nodes register (and go Ready) without GPUs, as when the NVIDIA device plugin never
+    /// comes up: `nvidia.com/gpu` capacity and allocatable 0, no MIG resources, and of the `nvidia.com/*`
+    /// labels only `nvidia.com/gpu.present`. A GPU pod then stays Pending on them. For one broken group
+    /// next to healthy ones, run a second bridge for that group.
+    pub fn without_gpus(mut self) -> Self {
+        self.without_gpus = true;
         self
     }
 }
@@ -605,7 +661,7 @@ async fn reconcile(
         let Some((group, spec, instance)) = wanted.get(&name) else {
             continue;
         };
-        register(nodes, group, spec, instance).await?;
+        register(nodes, group, spec, instance, options.without_gpus).await?;
     }
     Ok(())
 }
@@ -615,8 +671,9 @@ async fn register(
     group: &str,
     spec: &NodeGroupSpec,
     instance: &Instance,
+    without_gpus: bool,
 ) -> Result<()> {
-    let node = spec.node(group, instance);
+    let node = spec.node_with(group, instance, !without_gpus);
     let name = instance.node_name();
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
@@ -636,6 +693,7 @@ async fn register(
         node = name,
         group,
         provider_id = instance.provider_id(),
+        without_gpus,
         "instance booted: node registered"
     );
     Ok(())
@@ -728,6 +786,46 @@ mod tests {
         let capacity = spec.capacity();
         assert_eq!(capacity["nvidia.com/mig-1g.10gb"], Quantity("56".into()));
         assert_eq!(capacity[RESOURCE_GPU], Quantity("0".into()));
+    }
+
+    #[test]
+    fn a_node_without_its_device_plugin_is_registered_with_zero_gpus_and_no_gpu_labels() {
+        for spec in [
+            NodeGroupSpec::gpus(4)
+                .spot()
+                .sharing(GpuSharing::Mps { replicas: 8 }),
+            NodeGroupSpec::gpus(8).sharing(GpuSharing::Mig {
+                profile: "1g.10gb".into(),
+                per_gpu: 7,
+            }),
+        ] {
+            let node = spec.node_without_gpus("gpu-group", &instance());
+            let status = node.status.unwrap_or_default();
+            let allocatable = status.allocatable.unwrap_or_default();
+            assert_eq!(allocatable[RESOURCE_GPU], Quantity("0".into()));
+            assert_eq!(status.capacity.unwrap_or_default(), allocatable);
+            assert!(
+                !allocatable.keys().any(|k| k.starts_with("nvidia.com/mig-")),
+                "{allocatable:?}"
+            );
+            assert_eq!(allocatable["cpu"], Quantity("8".into()));
+            let labels = node.metadata.labels.unwrap_or_default();
+            let nvidia: Vec<&String> = labels
+                .keys()
+                .filter(|k| k.starts_with("nvidia.com/"))
+                .collect();
+            assert_eq!(nvidia, [LABEL_GPU_PRESENT]);
+            assert_eq!(labels[LABEL_NODEGROUP], "gpu-group");
+            assert_eq!(labels[LABEL_INSTANCE_TYPE], "g5.12xlarge");
+            assert_eq!(
+                node.spec.and_then(|s| s.provider_id).as_deref(),
+                Some("aws:///us-east-1b/i-0abc")
+            );
+            let annotations = node.metadata.annotations.unwrap_or_default();
+            assert_eq!(annotations[KWOK_ANNOTATION.0], KWOK_ANNOTATION.1);
+        }
+        assert!(BridgeOptions::new(["g"]).without_gpus().without_gpus);
+        assert!(!BridgeOptions::new(["g"]).without_gpus);
     }
 
     #[test]

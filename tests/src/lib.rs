@@ -20,6 +20,7 @@ mod bed;
 pub mod bridge;
 pub mod fixtures;
 mod process;
+pub mod throttle;
 
 use std::fmt::Display;
 use std::future::Future;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use bed::{BedInfo, ENV_ATTACH, ENV_CACHE, ENV_KEEP, REGION, TestBed, Versions};
 pub use bridge::{Bridge, BridgeOptions, CapacityType, GpuSharing, NodeGroupSpec};
+pub use throttle::{Matching, ThrottlingProxy};
 
 /// Why the bed could not do what a test asked. Its `Debug` is its message, so that a test's `unwrap()`
 /// prints it readably.
@@ -83,6 +85,18 @@ pub enum Error {
     /// An AWS call against moto failed.
     #[error("aws {call}: {message}")]
     Aws { call: &'static str, message: String },
+    /// Stopping or starting a server needs a bed this process started; this one is attached.
+    #[error(
+        "{what} needs a bed this process started, but this one was attached from {bed_json} \
+         ({ENV_ATTACH}): use `TestBed::start()` for a bed of the test's own"
+    )]
+    NotOwned {
+        what: &'static str,
+        bed_json: PathBuf,
+    },
+    /// The throttling proxy could not be started.
+    #[error("throttling proxy: {0}")]
+    Proxy(String),
 }
 
 impl std::fmt::Debug for Error {

@@ -354,3 +354,70 @@ async fn a_mig_node_runs_pods_that_request_its_slices() {
         .unwrap();
     expect_running_and_unschedulable(&pods, &["whole".to_owned()], 0).await;
 }
+
+#[tokio::test]
+async fn nodes_whose_device_plugin_never_came_up_are_ready_without_gpus_and_a_gpu_pod_stays_pending()
+ {
+    let bed = TestBed::shared().await.unwrap();
+    let aws = bed.aws_config().await;
+    let client = bed.kube_client().await.unwrap();
+    let group = unique_name("no-plugin");
+    create_gpu_group(&aws, &group, "g5.xlarge", &NodeGroupSpec::gpus(1), 2)
+        .await
+        .unwrap();
+    let _bridge = Bridge::spawn(
+        &aws,
+        client.clone(),
+        BridgeOptions::new([group.clone()]).without_gpus(),
+    );
+    set_desired_capacity(&aws, &group, 1).await.unwrap();
+    let node = eventually("the group's node to be Ready", CONVERGE, || async {
+        let nodes = group_nodes(&client, &group)
+            .await
+            .map_err(|e| e.to_string())?;
+        match nodes.into_iter().find(is_ready) {
+            Some(node) => Ok(node),
+            None => Err("no Ready node".to_owned()),
+        }
+    })
+    .await
+    .unwrap();
+    let status = node.status.clone().unwrap();
+    assert_eq!(
+        status.allocatable.unwrap()[RESOURCE_GPU],
+        Quantity("0".into())
+    );
+    assert_eq!(status.capacity.unwrap()[RESOURCE_GPU], Quantity("0".into()));
+    let labels = node.metadata.labels.clone().unwrap();
+    assert_eq!(labels[LABEL_NODEGROUP], group);
+    assert_eq!(labels["nvidia.com/gpu.present"], "true");
+    for label in [LABEL_GPU_COUNT, LABEL_GPU_REPLICAS, LABEL_GPU_SHARING] {
+        assert!(!labels.contains_key(label), "{label} in {labels:?}");
+    }
+
+    let namespace = bed.namespace(&client, "no-plugin").await.unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    pods.create(&PostParams::default(), &gpu_pod("model", &group, 1))
+        .await
+        .unwrap();
+    let message = eventually(
+        "the GPU pod to be Unschedulable for lack of GPUs",
+        CONVERGE,
+        || async {
+            let pod = pods.get("model").await.map_err(|e| e.to_string())?;
+            let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+            conditions
+                .into_iter()
+                .find(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+                .and_then(|c| c.message)
+                .ok_or_else(|| "not Unschedulable yet".to_owned())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(message.contains("Insufficient nvidia.com/gpu"), "{message}");
+}
