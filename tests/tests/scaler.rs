@@ -236,3 +236,200 @@ async fn replaces_a_node_that_never_becomes_gpu_ready() {
     .unwrap();
     assert_ne!(replaced, first);
 }
+
+/// GET of a loopback URL, as text (a tiny HTTP/1.0 client, enough for /metrics and /readyz).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    stream
+        .read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {out:?}"))?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn every_action_leaves_an_event_with_its_reason_and_metrics_count_it() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let addr = scaler_common::free_addr();
+    let _scaler =
+        scaler_common::start_scaler_with(s.bed, &s.aws, &s.config(2, 600), false, addr).await;
+    eventually("/readyz ok once caches are synced", CONVERGE, || async {
+        match http_get(addr, "/readyz").await? {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    s.send("llama").await;
+    s.wait_desired(1, CONVERGE).await;
+    let node = eventually("a Ready GPU node", CONVERGE, || async {
+        s.ready_nodes()
+            .await
+            .into_iter()
+            .next()
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+    .unwrap();
+    let name = node.metadata.name.clone().unwrap();
+    s.purge("llama").await;
+    s.annotate_node(&name, &[(names::ANNOTATION_IN_FLIGHT, "0")])
+        .await;
+    s.wait_desired(0, CONVERGE).await;
+    // Events about the group (in the scaler's namespace) and about the node (Nodes' events live in
+    // `default`), each with the action and the reason in words.
+    let events =
+        |ns: &str| Api::<k8s_openapi::api::events::v1::Event>::namespaced(s.kube.clone(), ns);
+    let group_events = eventually("group events", CONVERGE, || async {
+        let list = events(&s.namespace)
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<(String, String)> = list
+            .items
+            .iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(s.group.as_str())
+            })
+            .map(|e| {
+                (
+                    e.reason.clone().unwrap_or_default(),
+                    e.note.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if reasons.iter().any(|(r, _)| r == "ScaledOut") {
+            Ok(reasons)
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let (_, note) = group_events.iter().find(|(r, _)| r == "ScaledOut").unwrap();
+    assert!(note.contains("0 -> 1") && note.contains("llama"), "{note}");
+    let node_events = eventually("node events", CONVERGE, || async {
+        let list = events("default")
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        if reasons.iter().any(|r| r == "Terminating") {
+            Ok(reasons)
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    for reason in ["Cordoned", "Draining", "Terminating"] {
+        assert!(
+            node_events.iter().any(|r| r == reason),
+            "{reason} missing: {node_events:?}"
+        );
+    }
+    let (status, metrics) = http_get(addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "zerospot_actions_total{action=\"set_desired_capacity\",outcome=\"done\"}",
+        "zerospot_actions_total{action=\"terminate\",outcome=\"done\"} 1",
+        "zerospot_decisions_total{outcome=\"scale_out\"}",
+        "zerospot_decision_latency_seconds_count",
+        &format!("zerospot_pool_nodes_desired{{pool=\"{}\"}} 0", s.group),
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn a_dry_run_decides_but_changes_nothing() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let addr = scaler_common::free_addr();
+    let _scaler =
+        scaler_common::start_scaler_with(s.bed, &s.aws, &s.config(60, 600), true, addr).await;
+    s.send("llama").await;
+    let metrics = eventually("a dry-run scale-out counted", CONVERGE, || async {
+        let (_, m) = http_get(addr, "/metrics").await?;
+        if m.contains("zerospot_actions_total{action=\"set_desired_capacity\",outcome=\"dry_run\"}")
+        {
+            Ok(m)
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!metrics.contains("outcome=\"done\""), "{metrics}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.group_state().await.0, 0, "nothing was changed");
+}
+
+#[tokio::test]
+async fn the_simulator_and_the_bed_reach_the_same_desired_capacities_for_one_scenario() {
+    use std::sync::atomic::AtomicU64;
+    use zerospot_sim::{PolicyKind, Scenario as SimScenario, Workload, workload::Request};
+    // The scenario: three requests for each of two models arrive at once at an empty pool of
+    // one-GPU nodes with 4 MPS slots, each request a long generation; then nothing more.
+    let requests: Vec<Request> = (0..6)
+        .map(|i| Request {
+            at: 0.0,
+            model: i % 2,
+            prompt_tokens: 100,
+            generated_tokens: 4000,
+        })
+        .collect();
+    let workload = Workload {
+        requests,
+        models: vec!["llama".into(), "mistral".into()],
+        horizon_s: 3600.0,
+        description: "parity".into(),
+    };
+    let mut sim = SimScenario::new(workload, 1);
+    sim.run = vec![PolicyKind::Zerospot];
+    sim.cluster.series_points = 3600;
+    sim.cluster.cloud.interruption_rate_per_hour = 0.0;
+    sim.cluster.cloud.capacity_failure_probability = 0.0;
+    let report = zerospot_sim::run_policy(&sim, PolicyKind::Zerospot, &AtomicU64::new(0)).unwrap();
+    let peak = report.series.iter().map(|p| p.nodes).max().unwrap();
+    let last = report.series.last().unwrap().nodes;
+    assert_eq!(report.completed, 6);
+
+    let s = Scenario::new(&["llama", "mistral"], |o| o).await;
+    let _scaler = start_scaler(s.bed, &s.aws, &s.config(3, 600)).await;
+    for _ in 0..3 {
+        s.send("llama").await;
+        s.send("mistral").await;
+    }
+    s.wait_desired(i32::try_from(peak).unwrap(), CONVERGE).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.group_state().await.0,
+        i32::try_from(peak).unwrap(),
+        "the simulator's peak: {peak}"
+    );
+    // Served: the queues empty and nothing in flight; both end at the simulator's final count.
+    s.purge("llama").await;
+    s.purge("mistral").await;
+    s.wait_desired(i32::try_from(last).unwrap(), CONVERGE).await;
+}

@@ -37,13 +37,37 @@ impl Drop for RunningScaler {
 }
 
 pub async fn start_scaler(bed: &TestBed, aws: &SdkConfig, config: &str) -> RunningScaler {
+    start_scaler_with(
+        bed,
+        aws,
+        config,
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+}
+
+/// A free loopback port for the scaler's /metrics.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// [`start_scaler`] with dry-run and the metrics address chosen.
+pub async fn start_scaler_with(
+    bed: &TestBed,
+    aws: &SdkConfig,
+    config: &str,
+    dry_run: bool,
+    listen: SocketAddr,
+) -> RunningScaler {
     let config = ScalerConfig::from_yaml(config).unwrap();
     let kube_config = bed.kube_config().await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let options = zerospot_controller::Options {
         config,
-        dry_run: false,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dry_run,
+        listen,
         identity: unique_name("scaler"),
         leader_election: false,
     };
