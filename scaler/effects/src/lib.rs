@@ -11,12 +11,14 @@
 //! - [`cluster`]: the [`cluster::Cluster`] trait (Nodes, evictions, Events) and its kube-rs implementation.
 //! - [`observe`]: world -> `Snapshot`.
 //! - [`act`]: `Decision` -> calls.
+//! - [`disruption`]: an AWS event about an instance -> marks on its Node, then one observe/decide/act pass.
 //! - `fake` (feature `test-util`): recording fakes of the traits, with injectable failures.
 
 pub mod act;
 pub mod aws;
 pub mod cluster;
 pub mod config;
+pub mod disruption;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod observe;
