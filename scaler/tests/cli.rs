@@ -122,3 +122,36 @@ fn check_request_normalises_a_good_request_and_names_a_bad_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown version 7"));
 }
+
+#[test]
+fn config_check_prints_the_example_with_defaults_and_refuses_a_bad_file_with_exit_2() {
+    let example = format!("{}/examples/scaler.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = zerospot(&["config", "check", &example], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(effective["models"][0]["name"], "mistral");
+    assert_eq!(
+        effective["timing"]["backlog_drain_s"], 255,
+        "defaults are filled in"
+    );
+    assert_eq!(effective["controller"]["lease_name"], "zerospot-scaler");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(&example).unwrap().replace(
+        "pool: gpu-spot\n    namespace: models\n    service: llama2",
+        "pool: gpu-nowhere\n    namespace: models\n    service: llama2",
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = zerospot(&["config", "check", bad.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gpu-nowhere") && err.lines().count() == 1,
+        "{err}"
+    );
+}
