@@ -1,0 +1,28 @@
+//! The Spot interruption Lambda function (see the crate docs of `zerospot_spot_interruption`).
+
+use anyhow::Context as _;
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let setup = zerospot_functions::Setup::from_env("zerospot-spot-interruption")
+        .await
+        .context("starting the spot-interruption function")?;
+    let setup = &setup;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let (cluster, inventory) = setup.kube().await?;
+        let responder = setup.responder(&cluster, &inventory);
+        let budget = zerospot_functions::budget(event.context.deadline);
+        let answer = zerospot_spot_interruption::handle(
+            &responder,
+            &event.payload,
+            chrono::Utc::now(),
+            budget,
+        )
+        .await?;
+        Ok::<Value, lambda_runtime::Error>(answer)
+    }))
+    .await
+}
