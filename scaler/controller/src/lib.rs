@@ -24,6 +24,7 @@
 
 pub mod metrics;
 pub mod scaler;
+pub mod trim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,10 +108,12 @@ pub async fn run(
     let node_watch = watcher(
         nodes_api,
         watcher::Config::default().labels(&node_label_selector(&config)),
-    );
+    )
+    .modify(trim::node);
     tasks.push(spawn_watch(
         "nodes",
         reflector(node_writer, node_watch.default_backoff()),
+        trim::node_fingerprint,
         inputs.clone(),
         metrics.clone(),
         synced.nodes.clone(),
@@ -121,10 +124,12 @@ pub async fn run(
     let pod_watch = watcher(
         pods_api,
         watcher::Config::default().labels(names::LABEL_KNATIVE_SERVICE),
-    );
+    )
+    .modify(trim::pod);
     tasks.push(spawn_watch(
         "pods",
         reflector(pod_writer, pod_watch.default_backoff()),
+        trim::pod_fingerprint,
         inputs.clone(),
         metrics.clone(),
         synced.pods.clone(),
@@ -144,10 +149,12 @@ pub async fn run(
     let pa_watch = watcher(
         pa_api,
         watcher::Config::default().labels(names::LABEL_KNATIVE_SERVICE),
-    );
+    )
+    .modify(trim::autoscaler);
     tasks.push(spawn_watch(
         "podautoscalers",
         reflector(pa_writer, pa_watch.default_backoff()),
+        trim::autoscaler_fingerprint,
         inputs.clone(),
         metrics.clone(),
         synced.autoscalers.clone(),
@@ -270,26 +277,49 @@ impl WatchSync {
     }
 }
 
+/// Follows one watch: every event that changes what the policy reads wakes the decision loop; events
+/// that change nothing it reads (a kubelet heartbeat, a status field it ignores) do not.
 fn spawn_watch<K>(
     what: &'static str,
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    fingerprint: fn(&K) -> u64,
     inputs: Arc<Inputs>,
     metrics: Arc<Metrics>,
     synced: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: Send + 'static,
+    K: kube::Resource + Send + 'static,
 {
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen: std::collections::HashMap<(Option<String>, String), u64> =
+            std::collections::HashMap::new();
+        let key = |o: &K| {
+            (
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )
+        };
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::InitDone) => {
                     synced.store(true, Ordering::Release);
                     inputs.changed();
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => inputs.changed(),
+                Ok(watcher::Event::Init) => {}
+                Ok(watcher::Event::InitApply(o)) => {
+                    seen.insert(key(&o), fingerprint(&o));
+                }
+                Ok(watcher::Event::Apply(o)) => {
+                    let print = fingerprint(&o);
+                    if seen.insert(key(&o), print) != Some(print) {
+                        inputs.changed();
+                    }
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&key(&o));
+                    inputs.changed();
+                }
                 Err(e) => {
                     metrics.api_error("kubernetes", &format!("watch {what}"), watch_error_kind(&e));
                     tracing::warn!(what, error = %e, "watch failed; retrying with back-off");
