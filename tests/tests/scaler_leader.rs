@@ -12,21 +12,17 @@ use kube::api::Api;
 use zerospot_testbed::fixtures::create_gpu_group;
 use zerospot_testbed::{GpuSharing, NodeGroupSpec, TestBed, eventually, unique_name};
 
-/// The `zerospot` binary, built (or found up to date) with the cargo that runs this test.
+/// The `zerospot` binary that `cargo test --workspace` builds next to the test binaries (for
+/// zerospot's own CLI tests). Run alone, this test needs `cargo build -p zerospot` first.
 fn zerospot_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build", "--quiet", "--locked", "-p", "zerospot", "--bin", "zerospot",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("running cargo build for the zerospot binary");
-    assert!(status.success(), "cargo build -p zerospot failed");
-    // target/debug/deps/<this test> -> target/debug/zerospot
+    // target/<profile>/deps/<this test> -> target/<profile>/zerospot
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("zerospot");
-    assert!(bin.exists(), "{} not found", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p zerospot` (cargo test --workspace builds it)",
+        bin.display()
+    );
     bin
 }
 
