@@ -49,8 +49,9 @@ pub struct Request {
     pub model: String,
     /// Chat messages or a prompt.
     pub input: Input,
-    /// Ollama options (temperature, num_predict, ...), passed through.
-    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Ollama options (temperature, num_predict, ...), passed to the model exactly as the client wrote
+    /// them (numbers are never re-printed, so `0.1` stays `0.1` and a 130-digit number keeps every digit).
+    pub options: Option<RawOptions>,
     /// Whether the reply is streamed in chunks.
     pub stream: bool,
     /// Queue URL the reply goes to.
@@ -59,6 +60,45 @@ pub struct Request {
     pub deadline: Option<DateTime<Utc>>,
     /// How many times it was dispatched before.
     pub attempt: u32,
+}
+
+/// A JSON object kept as the client wrote it, byte for byte.
+#[derive(Debug, Clone)]
+pub struct RawOptions(Box<serde_json::value::RawValue>);
+
+impl RawOptions {
+    /// Wraps JSON text that must be an object.
+    pub fn from_json(text: &str) -> Result<Self, RequestError> {
+        let raw = serde_json::value::RawValue::from_string(text.to_owned())
+            .map_err(|e| RequestError::Malformed(format!("options: {e}")))?;
+        Self::checked(raw)
+    }
+
+    fn checked(raw: Box<serde_json::value::RawValue>) -> Result<Self, RequestError> {
+        if raw.get().trim_start().starts_with('{') {
+            Ok(RawOptions(raw))
+        } else {
+            Err(RequestError::Malformed(
+                "options must be a JSON object".into(),
+            ))
+        }
+    }
+
+    /// The JSON text, exactly as received.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The raw value, for embedding in another JSON document unchanged.
+    pub fn raw(&self) -> &serde_json::value::RawValue {
+        &self.0
+    }
+}
+
+impl PartialEq for RawOptions {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// The wire form, before validation.
@@ -72,8 +112,8 @@ struct Wire {
     messages: Option<Vec<ChatMessage>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prompt: Option<String>,
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    options: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    options: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,12 +208,17 @@ impl Request {
         {
             return Err(RequestError::DeadlinePassed { deadline, now });
         }
+        let options = match wire.options {
+            None => None,
+            Some(raw) if raw.get().trim() == "null" => None,
+            Some(raw) => Some(RawOptions::checked(raw)?),
+        };
         Ok(Request {
             version,
             id,
             model,
             input,
-            options: wire.options,
+            options,
             stream: wire.stream,
             reply_to: wire.reply_to,
             deadline: wire.deadline,
@@ -193,7 +238,7 @@ impl Request {
             model: Some(self.model.clone()),
             messages,
             prompt,
-            options: self.options.clone(),
+            options: self.options.as_ref().map(|o| o.0.clone()),
             stream: self.stream,
             reply_to: self.reply_to.clone(),
             deadline: self.deadline,
@@ -224,6 +269,41 @@ mod tests {
         assert_eq!(r.attempt, 0);
         assert!(matches!(&r.input, Input::Chat(m) if m.len() == 1));
         assert_eq!(Request::parse(&r.to_body(), now()).unwrap(), r);
+    }
+
+    #[test]
+    fn options_reach_the_model_exactly_as_the_client_wrote_them() {
+        // A number that f64 cannot hold: re-printing it would move its last digits.
+        let big = "7777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777770.2";
+        let body = format!(
+            r#"{{"version":1,"id":"r","model":"m","prompt":"p","options":{{"temperature":0.1,"seed":{big},"stop":["é"]}}}}"#
+        );
+        let r = Request::parse(&body, now()).unwrap();
+        let options = r.options.as_ref().unwrap().get();
+        assert_eq!(
+            options,
+            format!(r#"{{"temperature":0.1,"seed":{big},"stop":["é"]}}"#)
+        );
+        let again = Request::parse(&r.to_body(), now()).unwrap();
+        assert_eq!(again, r);
+        assert!(r.to_body().contains(big));
+    }
+
+    #[test]
+    fn options_that_are_not_an_object_are_refused() {
+        for options in ["[1]", "3", "\"x\""] {
+            let body =
+                format!(r#"{{"version":1,"id":"r","model":"m","prompt":"p","options":{options}}}"#);
+            assert!(
+                matches!(
+                    Request::parse(&body, now()),
+                    Err(RequestError::Malformed(_))
+                ),
+                "{options}"
+            );
+        }
+        let none = r#"{"version":1,"id":"r","model":"m","prompt":"p","options":null}"#;
+        assert_eq!(Request::parse(none, now()).unwrap().options, None);
     }
 
     #[test]
