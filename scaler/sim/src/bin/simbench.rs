@@ -1,8 +1,8 @@
 //! Prints the simulator's speed on the two workloads: every policy over the full Azure trace
 //! (target under 2 s), and a synthetic day of 1M requests (target under 30 s). Build with `--release`.
 //!
-//! Run: `cargo run --release -p zerospot-sim --bin simbench -- [AZURE_CSV]` (default path:
-//! `../shared/data/azure-llm-inference-2023-conv.csv`, relative to the repository root).
+//! Run: `cargo run --release -p zerospot-sim --bin simbench -- [AZURE_CSV]` (default: the trace
+//! committed in `scaler/sim/data/`).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -11,7 +11,12 @@ use zerospot_sim::{Scenario, Shaping, simulate, workload};
 
 fn main() -> std::process::ExitCode {
     let path = std::env::args().nth(1).map_or_else(
-        || PathBuf::from("../shared/data/azure-llm-inference-2023-conv.csv"),
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/data/azure-llm-inference-2023-conv.csv"
+            ))
+        },
         PathBuf::from,
     );
     let progress = AtomicU64::new(0);
