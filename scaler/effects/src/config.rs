@@ -75,6 +75,59 @@ pub struct ScalerConfig {
     /// The controller's own intervals and limits.
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// The dispatcher's queues and limits.
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+}
+
+/// Which API a model server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelApi {
+    /// Ollama: `/api/chat` for messages, `/api/generate` for a prompt.
+    #[default]
+    Ollama,
+    /// OpenAI-compatible `/v1/chat/completions` (a prompt is sent as one user message).
+    Openai,
+}
+
+/// The dispatcher's settings. Each default says why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Queues a request's `reply_to` may name (exact URLs). Anything else is refused: a client must not
+    /// make the dispatcher write into any queue its role can reach. Default: none.
+    pub reply_queues: Vec<String>,
+    /// Where a request goes that cannot be served (malformed, refused, out of attempts), with the reason
+    /// in its message attributes. Usually the request queues' redrive DLQ. Default: none (such a request
+    /// is then left for SQS's own redrive after `maxReceiveCount`).
+    pub dead_letter_queue: Option<String>,
+    /// Visibility timeout while a request is served, seconds, renewed at half-time. Default 60 s: short
+    /// enough that a crashed dispatcher's requests come back within a minute.
+    pub visibility_timeout_s: u32,
+    /// Attempts before a request is given up with an error reply. Default 3.
+    pub max_attempts: u32,
+    /// Back-off before a failed request is tried again, seconds, doubled per attempt. Default 2 s.
+    pub retry_backoff_s: u32,
+    /// Longest a model may take for one answer, seconds. Default 600 s.
+    pub max_request_s: u64,
+    /// How often the wake-up request is re-sent while requests wait for a model with no Ready pod,
+    /// seconds. Default 10 s (Knative's activator holds each one until a pod is Ready).
+    pub wake_interval_s: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            reply_queues: Vec::new(),
+            dead_letter_queue: None,
+            visibility_timeout_s: 60,
+            max_attempts: 3,
+            retry_backoff_s: 2,
+            max_request_s: 600,
+            wake_interval_s: 10,
+        }
+    }
 }
 
 /// One GPU pool: an Auto Scaling group.
@@ -137,6 +190,25 @@ pub struct ModelConfig {
     /// For MIG pools: the profile a pod asks for (`1g.10gb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mig_profile: Option<String>,
+    /// Where the dispatcher sends this model's requests: its Knative route
+    /// (`http://llama.models.svc.cluster.local`). Default: `http://<service>.<namespace>.svc.cluster.local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The API its server speaks. Default `ollama`.
+    #[serde(default)]
+    pub api: ModelApi,
+}
+
+impl ModelConfig {
+    /// The model's endpoint, explicit or the Knative route's cluster-local URL.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| {
+            format!(
+                "http://{}.{}.svc.cluster.local",
+                self.service, self.namespace
+            )
+        })
+    }
 }
 
 fn one() -> u32 {
