@@ -19,6 +19,8 @@
 mod bed;
 pub mod bridge;
 pub mod fixtures;
+pub mod model_server;
+pub mod ollama;
 mod process;
 pub mod throttle;
 
@@ -30,6 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use bed::{BedInfo, ENV_ATTACH, ENV_CACHE, ENV_KEEP, REGION, TestBed, Versions};
 pub use bridge::{Bridge, BridgeOptions, CapacityType, GpuSharing, NodeGroupSpec};
+pub use model_server::{RecordedRequest, StandIn, StandInOptions};
+pub use ollama::{Ollama, OllamaOptions};
 pub use throttle::{Matching, ThrottlingProxy};
 
 /// Why the bed could not do what a test asked. Its `Debug` is its message, so that a test's `unwrap()`
@@ -97,6 +101,18 @@ pub enum Error {
     /// The throttling proxy could not be started.
     #[error("throttling proxy: {0}")]
     Proxy(String),
+    /// Ollama or its model is missing from the cache.
+    #[error(
+        "the real model server is not set up: run `bash tests/bed/setup-ollama.sh` first (it builds \
+         Ollama and fetches the Gemma 3 270M model into {cache}; ZEROSPOT_CACHE moves it). Missing: {missing:?}"
+    )]
+    OllamaNotSetUp {
+        cache: PathBuf,
+        missing: Vec<PathBuf>,
+    },
+    /// A model server (the stand-in or Ollama) could not do what was asked.
+    #[error("model server: {0}")]
+    ModelServer(String),
 }
 
 impl std::fmt::Debug for Error {
