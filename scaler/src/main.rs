@@ -1,6 +1,7 @@
 //! The `zerospot` command: operator tools around the scaling core (and, as they land, the simulator, the
 //! companion scaler and the dispatcher).
 
+mod custody_cli;
 mod explain;
 mod plan;
 mod run_scaler;
@@ -78,6 +79,16 @@ enum Command {
     /// usual AWS environment (AWS_REGION, credentials, AWS_ENDPOINT_URL). Logs are JSON lines on stderr
     /// (RUST_LOG sets the level). Stops gracefully on SIGTERM or Ctrl-C, releasing its leader Lease.
     Scaler(run_scaler::Args),
+    /// Runs the dispatcher: holds each request in SQS until its model has a Ready pod with a free slot,
+    /// sends it to the model, streams the answer to the reply queue, and deletes it only then (see
+    /// README "Request custody"). Same configuration file as the scaler.
+    Dispatcher(custody_cli::DispatcherArgs),
+    /// Puts one request on its model's queue and (unless --no-wait) prints the reply as it streams.
+    /// Exit 1 with the reason when the reply is an error or a timeout.
+    Submit(custody_cli::SubmitArgs),
+    /// Two models talk through zerospot's queues: each turn is a request to the other model carrying
+    /// the dialogue so far, printed as it streams.
+    Converse(custody_cli::ConverseArgs),
     /// Checks a scaler configuration file and prints it with every default filled in (exit 2 when
     /// it is invalid, with what to fix).
     Config {
@@ -146,6 +157,9 @@ fn main() -> ExitCode {
         Command::CheckRequest { input, now } => plan::check_request(&input, now),
         Command::Simulate(args) => simulate::run(*args),
         Command::Scaler(args) => run_scaler::run(args),
+        Command::Dispatcher(args) => custody_cli::dispatcher(args),
+        Command::Submit(args) => custody_cli::submit_cmd(args),
+        Command::Converse(args) => custody_cli::converse(args),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => run_scaler::check(&file),

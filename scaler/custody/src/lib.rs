@@ -6,7 +6,7 @@
 //! - [`queue`]: the SQS calls behind one narrow trait.
 //! - [`model`]: Ollama and OpenAI-compatible model servers, streamed.
 //! - [`capacity`]: free slots per model on Ready pods, work in flight per node.
-//! - [`dispatcher`]: the loop that ties them together.
+//! - [`dispatcher`]: the loop that ties them together; [`service`]: it as a process.
 
 pub mod capacity;
 pub mod client;
@@ -14,3 +14,4 @@ pub mod dispatcher;
 pub mod model;
 pub mod queue;
 pub mod reply;
+pub mod service;
