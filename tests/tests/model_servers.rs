@@ -687,6 +687,11 @@ async fn two_model_names_over_one_gguf_each_answer_api_chat_with_real_text_under
         assert_eq!(show["system"], system, "{model}'s Modelfile SYSTEM");
         assert_eq!(show["details"]["family"], "gemma3", "{show}");
         assert_eq!(show["details"]["quantization_level"], "Q4_K_M", "{show}");
+        let parameters = show["parameters"].as_str().unwrap();
+        assert!(
+            parameters.contains("<end_of_turn>") && parameters.contains("num_thread"),
+            "{parameters}"
+        );
 
         // The SYSTEM prompt reaches the model: Ollama renders it into the prompt it evaluates.
         let rendered = post(
