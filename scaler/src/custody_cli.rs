@@ -76,7 +76,7 @@ pub(crate) struct ConverseArgs {
     #[arg(long, env = "ZEROSPOT_CONFIG")]
     config: PathBuf,
     /// The two models, A,B.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', required = true)]
     models: Vec<String>,
     /// Turns (one reply each).
     #[arg(long, default_value_t = 4)]
