@@ -274,3 +274,26 @@ fn the_lambda_events_sqs_types_agree_with_our_reading() {
     assert_eq!(typed.records.len(), ours.len());
     assert_eq!(typed.records[0].message_id, ours[0].meta.message_id);
 }
+
+#[test]
+fn a_health_scheduled_change_without_an_event_type_code_is_still_an_ec2_scheduled_change() {
+    let mut event: serde_json::Value =
+        serde_json::from_slice(&fixture("health-scheduled-change.json")).unwrap();
+    event["detail"]
+        .as_object_mut()
+        .unwrap()
+        .remove("eventTypeCode");
+    let e = one(event.to_string().as_bytes());
+    match &e {
+        Event::ScheduledChange {
+            event_type_code,
+            instance_ids,
+            ..
+        } => {
+            assert_eq!(event_type_code, "AWS_EC2_SCHEDULED_CHANGE");
+            assert!(!instance_ids.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.action(), EventAction::CordonAndDrain);
+}

@@ -180,7 +180,11 @@ fn health(envelope: &Value) -> Result<Event, EventError> {
              move capacity"
         )));
     }
-    let event_type_code = req_str(d, "eventTypeCode", kind, "detail.eventTypeCode")?;
+    // Lenient where AWS's documents vary, as the Node Termination Handler is: an EC2 scheduled change
+    // is one by its service and category; the code only says which kind (retirement, reboot, ...).
+    let event_type_code = opt_str(d, "eventTypeCode")
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| "AWS_EC2_SCHEDULED_CHANGE".to_owned());
     let instance_ids: Vec<String> = match d.get("affectedEntities") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(entities)) => entities

@@ -88,7 +88,8 @@ pub enum Event {
     },
     /// AWS Health scheduled change for EC2 instances (retirement, maintenance, reboot).
     ScheduledChange {
-        /// `eventTypeCode`, e.g. `AWS_EC2_PERSISTENT_INSTANCE_RETIREMENT_SCHEDULED`.
+        /// `eventTypeCode`, e.g. `AWS_EC2_PERSISTENT_INSTANCE_RETIREMENT_SCHEDULED`; when the event has
+        /// none, `AWS_EC2_SCHEDULED_CHANGE` (it is still an EC2 scheduled change).
         event_type_code: String,
         /// Affected instances, from `affectedEntities`.
         instance_ids: Vec<String>,
