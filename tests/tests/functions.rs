@@ -370,3 +370,59 @@ async fn a_malformed_event_in_an_sqs_batch_is_the_only_record_reported_failed() 
     // The good record of the same batch was acted on.
     assert_marked(&Api::<Node>::all(s.kube.clone()).get(&name).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_state_change_to_terminated_removes_the_instances_node_and_its_pods() {
+    // The bridge follows no group here, so that only the function can remove the node: the instance
+    // is gone for EC2 (and from its group), its Node (labelled with the pool's node group) and its
+    // pods are left behind.
+    let s = Scenario::new(&["llama"], |o| zerospot_testbed::BridgeOptions {
+        groups: vec![unique_name("nobody")],
+        ..o
+    })
+    .await;
+    let instance = format!("i-{:017x}", std::process::id());
+    let name = unique_name("gone");
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                     "labels": {names::LABEL_NODEGROUP: s.group}},
+        "spec": {"providerID": format!("aws:///us-east-1a/{instance}")}
+    }))
+    .unwrap();
+    Api::<Node>::all(s.kube.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    let mut pod = gpu_pod(&unique_name("left"), &s.group, 0);
+    pod.spec.as_mut().unwrap().node_name = Some(name.clone());
+    pod.spec.as_mut().unwrap().node_selector = None;
+    Api::<Pod>::namespaced(s.kube.clone(), &s.namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let function = Function::new(&s, "zerospot-spot-interruption").await;
+    let event = json!({
+        "version": "0", "id": unique_name("evt"), "detail-type": "EC2 Instance State-change Notification",
+        "source": "aws.ec2", "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1",
+        "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance}")],
+        "detail": {"instance-id": instance, "state": "terminated"}
+    });
+    function.spot_interruption(&event).await;
+    eventually("the Node removed", CONVERGE, || async {
+        match Api::<Node>::all(s.kube.clone())
+            .get_opt(&name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        model_pods_left(&s, &name).await.is_empty(),
+        "its pods removed"
+    );
+}
