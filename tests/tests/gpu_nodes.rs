@@ -406,6 +406,7 @@ async fn nodes_whose_device_plugin_never_came_up_are_ready_without_gpus_and_a_gp
         || async {
             let pod = pods.get("model").await.map_err(|e| e.to_string())?;
             let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+            let conditions_text = format!("{conditions:?}");
             conditions
                 .into_iter()
                 .find(|c| {
@@ -414,7 +415,10 @@ async fn nodes_whose_device_plugin_never_came_up_are_ready_without_gpus_and_a_gp
                         && c.reason.as_deref() == Some("Unschedulable")
                 })
                 .and_then(|c| c.message)
-                .ok_or_else(|| "not Unschedulable yet".to_owned())
+                // Right after registration the node may still carry the not-ready taint, and the
+                // scheduler says so first; it tries again once the node lifecycle controller lifts it.
+                .filter(|m| m.contains("Insufficient nvidia.com/gpu"))
+                .ok_or_else(|| format!("not Unschedulable for lack of GPUs yet: {conditions_text}"))
         },
     )
     .await
