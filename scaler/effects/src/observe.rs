@@ -148,13 +148,6 @@ pub struct Memory {
     shapes: HashMap<String, (Option<u32>, Option<Sharing>)>,
 }
 
-impl Memory {
-    /// The shape last seen for `pool`, if any.
-    pub fn shape(&self, pool: &str) -> Option<(Option<u32>, Option<Sharing>)> {
-        self.shapes.get(pool).cloned()
-    }
-}
-
 /// The result of [`observe`].
 #[derive(Debug, Clone)]
 pub struct Observation {
@@ -243,7 +236,7 @@ pub fn group_shape(group: &Group) -> (Option<u32>, Option<Sharing>) {
                 v.trim().parse::<u64>().ok()?,
             ))
         })
-        .filter(|(k, _)| *k == names::RESOURCE_GPU || k.starts_with(names::RESOURCE_MIG_PREFIX))
+        .filter(|(k, _)| k.starts_with(names::RESOURCE_MIG_PREFIX))
         .collect();
     shape_of(
         |k| {
@@ -355,9 +348,12 @@ pub fn observe(
 
     // Shapes first: whether a node is GPU-ready depends on its pool's resource.
     for pool in &config.pools {
-        let shapes: Vec<(Option<u32>, Option<Sharing>)> = owner
-            .iter()
-            .filter(|(_, (p, _))| *p == pool.name)
+        let mut members: Vec<(&&str, &(&str, &GroupInstance))> =
+            owner.iter().filter(|(_, (p, _))| *p == pool.name).collect();
+        // In instance order, so that which shape wins when nodes disagree never depends on hashing.
+        members.sort_by_key(|(id, _)| **id);
+        let shapes: Vec<(Option<u32>, Option<Sharing>)> = members
+            .into_iter()
             .filter_map(|(id, _)| by_instance.get(id))
             .map(|n| node_shape(n))
             .filter(|(g, s)| g.is_some() || s.is_some())
@@ -403,8 +399,12 @@ pub fn observe(
     let idle_window = secs(timing.idle_window_s);
     let launch_timeout = secs(timing.launch_timeout_s);
     let mut next_deadline: Option<DateTime<Utc>> = None;
-    let mut later = |t: DateTime<Utc>| {
-        if t > now && next_deadline.is_none_or(|d| t < d) {
+    // A time past what chrono can hold (an absurdly long window) is no deadline at all.
+    let mut later = |t: Option<DateTime<Utc>>| {
+        if let Some(t) = t
+            && t > now
+            && next_deadline.is_none_or(|d| t < d)
+        {
             next_deadline = Some(t);
         }
     };
@@ -451,8 +451,8 @@ pub fn observe(
             NodeState::Launching
         };
         match (state, idle_since) {
-            (NodeState::Launching, _) => later(launched_at + launch_timeout),
-            (NodeState::GpuReady, Some(since)) => later(since + idle_window),
+            (NodeState::Launching, _) => later(launched_at.checked_add_signed(launch_timeout)),
+            (NodeState::GpuReady, Some(since)) => later(since.checked_add_signed(idle_window)),
             _ => {}
         }
         nodes.push(Node {

@@ -493,3 +493,226 @@ fn a_pool_at_zero_takes_its_shape_from_the_groups_node_template_tags() {
         }
     );
 }
+
+#[test]
+fn instances_leaving_their_group_are_not_nodes_but_terminating_ones_are_disrupted() {
+    let mut g = group("gpu-asg", 6, &["i-1", "i-2", "i-3", "i-4", "i-5"]);
+    for (i, state) in [
+        "Detaching",
+        "Standby",
+        "Warmed:Running",
+        "Terminating",
+        "InService",
+    ]
+    .iter()
+    .enumerate()
+    {
+        g.instances[i].lifecycle_state = (*state).into();
+    }
+    let obs = Fixture::new(vec![g]).observe(&mut Memory::default(), t(10));
+    let ids: Vec<&str> = obs
+        .snapshot
+        .nodes
+        .iter()
+        .map(|n| n.instance_id.as_str())
+        .collect();
+    assert_eq!(ids, vec!["i-4", "i-5"]);
+    assert_eq!(
+        obs.snapshot.nodes[0].disruption,
+        Some(Disruption::Terminating)
+    );
+    assert_eq!(obs.snapshot.nodes[1].disruption, None);
+}
+
+fn with_labels(pairs: &[(&str, &str)], allocatable: &[(&str, &str)]) -> Node {
+    let mut n = node("i-1", "1");
+    n.metadata.labels = Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    );
+    n.status.as_mut().unwrap().allocatable = Some(
+        allocatable
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+            .collect(),
+    );
+    n
+}
+
+#[test]
+fn every_sharing_strategy_is_read_from_the_device_plugin_labels_and_nonsense_is_not() {
+    use zerospot_effects::observe::node_shape;
+    let count = (names::LABEL_GPU_COUNT, "2");
+    let shape = |labels: &[(&str, &str)]| node_shape(&with_labels(labels, &[]));
+    assert_eq!(
+        shape(&[
+            count,
+            (names::LABEL_GPU_SHARING, "time-slicing"),
+            (names::LABEL_GPU_REPLICAS, "3")
+        ]),
+        (Some(2), Some(Sharing::TimeSlicing { replicas: 3 }))
+    );
+    assert_eq!(
+        shape(&[
+            count,
+            (names::LABEL_GPU_SHARING, "mps"),
+            (names::LABEL_GPU_REPLICAS, "1")
+        ]),
+        (Some(2), Some(Sharing::Mps { replicas: 1 }))
+    );
+    assert_eq!(
+        shape(&[count, (names::LABEL_GPU_SHARING, "none")]),
+        (Some(2), Some(Sharing::Exclusive))
+    );
+    assert_eq!(
+        shape(&[count, (names::LABEL_GPU_REPLICAS, "1")]),
+        (Some(2), Some(Sharing::Exclusive))
+    );
+    assert_eq!(
+        shape(&[count, (names::LABEL_GPU_REPLICAS, "2")]),
+        (Some(2), None),
+        "replicas without a strategy"
+    );
+    for strategy in ["mps", "time-slicing"] {
+        assert_eq!(
+            shape(&[
+                count,
+                (names::LABEL_GPU_SHARING, strategy),
+                (names::LABEL_GPU_REPLICAS, "0")
+            ]),
+            (Some(2), None),
+            "{strategy} with 0 replicas offers nothing"
+        );
+    }
+    assert_eq!(
+        shape(&[(names::LABEL_GPU_COUNT, "0")]),
+        (None, None),
+        "0 GPUs is not a count"
+    );
+    assert_eq!(shape(&[]), (None, None));
+    // MIG: slices of at least one per GPU make a profile; fewer than one per GPU do not.
+    let mig = |slices: &str| {
+        node_shape(&with_labels(
+            &[(names::LABEL_GPU_COUNT, "2")],
+            &[("nvidia.com/mig-1g.10gb", slices)],
+        ))
+    };
+    assert_eq!(
+        mig("2"),
+        (
+            Some(2),
+            Some(Sharing::Mig {
+                profiles: vec![zerospot_core::capacity::MigProfile {
+                    name: "1g.10gb".into(),
+                    per_gpu: 1
+                }]
+            })
+        )
+    );
+    assert_eq!(mig("1"), (Some(2), None));
+}
+
+#[test]
+fn a_pool_whose_nodes_disagree_or_change_shape_says_so_and_takes_the_first_by_instance() {
+    let mut memory = Memory::default();
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1", "i-2"])]);
+    let replicas = |id: &str, r: &str| {
+        let mut n = node(id, "4");
+        n.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(names::LABEL_GPU_REPLICAS.into(), r.into());
+        n
+    };
+    f.nodes = vec![replicas("i-2", "8"), replicas("i-1", "2")];
+    let obs = f.observe(&mut memory, t(1));
+    assert_eq!(
+        obs.config.pools[0].sharing,
+        Sharing::Mps { replicas: 2 },
+        "i-1 comes first"
+    );
+    assert!(
+        obs.notes.iter().any(|n| n.contains("disagree")),
+        "{:?}",
+        obs.notes
+    );
+    f.nodes = vec![replicas("i-1", "2"), replicas("i-2", "2")];
+    let obs = f.observe(&mut memory, t(2));
+    assert!(obs.notes.is_empty(), "{:?}", obs.notes);
+    f.nodes = vec![replicas("i-1", "3"), replicas("i-2", "3")];
+    let obs = f.observe(&mut memory, t(3));
+    assert!(
+        obs.notes.iter().any(|n| n.contains("changed")),
+        "{:?}",
+        obs.notes
+    );
+    // A node whose labels say nothing about GPUs does not erase what was learned.
+    let mut bare = node("i-1", "4");
+    bare.metadata.labels = Some(BTreeMap::new());
+    f.nodes = vec![bare];
+    let obs = f.observe(&mut memory, t(4));
+    assert_eq!(obs.config.pools[0].sharing, Sharing::Mps { replicas: 3 });
+    assert!(obs.notes.is_empty(), "{:?}", obs.notes);
+}
+
+#[test]
+fn only_a_pool_labelled_node_outside_every_group_gets_a_note() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1"])]);
+    f.nodes.push(node("i-1", "4"));
+    let mut other = node("i-8", "4");
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(names::LABEL_NODEGROUP.into(), "system".into());
+    f.nodes.push(other);
+    let obs = f.observe(&mut Memory::default(), t(1));
+    assert!(obs.notes.is_empty(), "{:?}", obs.notes);
+}
+
+#[test]
+fn the_next_deadline_is_the_earliest_one_still_ahead() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1", "i-2", "i-3"])]);
+    let idle = |id: &str, since: i64| {
+        annotate(
+            node(id, "4"),
+            names::ANNOTATION_IDLE_SINCE,
+            &t(since).to_rfc3339(),
+        )
+    };
+    // Windows of 120 s: i-1 ends at 300, i-2 ended at 130, i-3 ends exactly now (200).
+    f.nodes = vec![idle("i-1", 180), idle("i-2", 10), idle("i-3", 80)];
+    let obs = f.observe(&mut Memory::default(), t(200));
+    assert_eq!(obs.next_deadline, Some(t(300)));
+    f.nodes = vec![idle("i-2", 10), idle("i-3", 80)];
+    assert_eq!(
+        f.observe(&mut Memory::default(), t(200)).next_deadline,
+        None
+    );
+}
+
+#[test]
+fn an_idle_window_too_long_for_the_calendar_is_no_deadline_and_no_panic() {
+    let text = CONFIG.replace(
+        "idle_window_s: 120",
+        &format!("idle_window_s: {}", u64::MAX),
+    );
+    let config = ScalerConfig::from_yaml(&text).unwrap();
+    let g = [group("gpu-asg", 4, &["i-1"])];
+    let n = node("i-1", "4");
+    let nodes = [&n];
+    let world = World {
+        groups: &g,
+        nodes: &nodes,
+        pods: &[],
+        autoscalers: &[],
+        queues: &HashMap::new(),
+        capacity_failures: &HashMap::new(),
+    };
+    let obs = observe(&config, &world, &mut Memory::default(), t(10));
+    assert_eq!(obs.next_deadline, None);
+}
