@@ -688,6 +688,7 @@ fn the_next_deadline_is_the_earliest_one_still_ahead() {
     f.nodes = vec![idle("i-1", 180), idle("i-2", 10), idle("i-3", 80)];
     let obs = f.observe(&mut Memory::default(), t(200));
     assert_eq!(obs.next_deadline, Some(t(300)));
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-2", "i-3"])]);
     f.nodes = vec![idle("i-2", 10), idle("i-3", 80)];
     assert_eq!(
         f.observe(&mut Memory::default(), t(200)).next_deadline,
