@@ -717,3 +717,17 @@ fn an_idle_window_too_long_for_the_calendar_is_no_deadline_and_no_panic() {
     let obs = observe(&config, &world, &mut Memory::default(), t(10));
     assert_eq!(obs.next_deadline, None);
 }
+
+#[test]
+fn a_node_that_only_says_how_many_gpus_it_has_still_teaches_the_count() {
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1"])]);
+    f.nodes
+        .push(with_labels(&[(names::LABEL_GPU_COUNT, "4")], &[]));
+    let obs = f.observe(&mut Memory::default(), t(1));
+    assert_eq!(obs.config.pools[0].gpus, 4);
+    assert_eq!(
+        obs.config.pools[0].sharing,
+        Sharing::Exclusive,
+        "sharing: the assumption"
+    );
+}
