@@ -78,29 +78,6 @@ impl SdkQueue {
     }
 }
 
-fn aws_error<E, R>(call: &'static str, e: aws_sdk_sqs::error::SdkError<E, R>) -> AwsError
-where
-    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_sqs::error::SdkError;
-    match &e {
-        SdkError::ServiceError(s) => {
-            let code = s.err().code();
-            let message = s.err().message().unwrap_or_default();
-            AwsError::new(
-                call,
-                zerospot_effects::aws::classify(code, message),
-                format!("{}: {message}", code.unwrap_or("error")),
-            )
-        }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            AwsError::new(call, AwsErrorKind::Unavailable, format!("{e:?}"))
-        }
-        _ => AwsError::new(call, AwsErrorKind::Other, e.to_string()),
-    }
-}
-
 fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
@@ -126,7 +103,7 @@ impl Queue for SdkQueue {
             .message_attribute_names("All")
             .send()
             .await
-            .map_err(|e| aws_error("ReceiveMessage", e))?;
+            .map_err(|e| zerospot_effects::aws::from_sdk("ReceiveMessage", e))?;
         Ok(out
             .messages()
             .iter()
@@ -165,7 +142,7 @@ impl Queue for SdkQueue {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| aws_error("DeleteMessage", e))?;
+            .map_err(|e| zerospot_effects::aws::from_sdk("DeleteMessage", e))?;
         Ok(())
     }
 
@@ -182,7 +159,7 @@ impl Queue for SdkQueue {
             .visibility_timeout(secs(visibility))
             .send()
             .await
-            .map_err(|e| aws_error("ChangeMessageVisibility", e))?;
+            .map_err(|e| zerospot_effects::aws::from_sdk("ChangeMessageVisibility", e))?;
         Ok(())
     }
 
@@ -201,7 +178,10 @@ impl Queue for SdkQueue {
                 .map_err(|e| AwsError::new("SendMessage", AwsErrorKind::Invalid, e.to_string()))?;
             call = call.message_attributes(*k, value);
         }
-        let out = call.send().await.map_err(|e| aws_error("SendMessage", e))?;
+        let out = call
+            .send()
+            .await
+            .map_err(|e| zerospot_effects::aws::from_sdk("SendMessage", e))?;
         Ok(out.message_id().unwrap_or_default().to_owned())
     }
 
@@ -214,7 +194,7 @@ impl Queue for SdkQueue {
             .attribute_names(A::ApproximateNumberOfMessages)
             .send()
             .await
-            .map_err(|e| aws_error("GetQueueAttributes", e))?;
+            .map_err(|e| zerospot_effects::aws::from_sdk("GetQueueAttributes", e))?;
         Ok(out
             .attributes()
             .and_then(|a| a.get(&A::ApproximateNumberOfMessages))

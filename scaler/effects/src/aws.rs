@@ -124,7 +124,8 @@ pub fn classify(code: Option<&str>, message: &str) -> AwsErrorKind {
     }
 }
 
-fn from_sdk<E, R>(
+/// Classifies an SDK error of any AWS client (the one conversion from SDK errors to [`AwsError`]).
+pub fn from_sdk<E, R>(
     call: &'static str,
     err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
 ) -> AwsError
