@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test bed's servers into a cache folder outside the repository, keyed by version:
 #   moto[server] in a virtualenv, kube-apiserver/kube-scheduler/kube-controller-manager, etcd and kwok built
-#   from the Go module proxy, kwok's stage files and the Knative Serving CRD YAMLs.
+#   from the Go module proxy, kubectl (from the same Kubernetes release), kwok's stage files and the Knative Serving CRD YAMLs.
 # Idempotent: what is already in the cache is skipped (and said so), so a warm machine does nothing.
 # Cache folder: ${ZEROSPOT_CACHE:-$HOME/.cache/zerospot}.
 set -euo pipefail
@@ -28,6 +28,7 @@ require_version() { # module-dir module version
 require_version kube k8s.io/kubernetes "$KUBERNETES_VERSION"
 require_version etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 require_version kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+require_version kubectl k8s.io/kubernetes "$KUBERNETES_VERSION"
 
 # Go builds: static, trimmed binaries; the Go build and module caches (GOCACHE, GOMODCACHE) persist.
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
@@ -53,6 +54,11 @@ kube_minor="${KUBERNETES_VERSION#v1.}"; kube_minor="${kube_minor%%.*}"
 go_build kubernetes kube "$CACHE/kubernetes/$KUBERNETES_VERSION" "" \
     "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager
+# kubectl (kustomize built in) for the deploy/ checks (tests/tests/deploy.rs): its own tool module, so the
+# control plane's module and build stay as they are; seconds on a warm Go cache.
+go_build kubectl kubectl "$CACHE/kubectl/$KUBERNETES_VERSION" kubectl \
+    "-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kube_minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION" \
+    k8s.io/kubernetes/cmd/kubectl
 go_build etcd etcd "$CACHE/etcd/$ETCD_VERSION" etcd "-s -w" go.etcd.io/etcd/server/v3
 go_build kwok kwok "$CACHE/kwok/$KWOK_VERSION" "" "-s -w" sigs.k8s.io/kwok/cmd/kwok
 
