@@ -1,0 +1,4 @@
+output "yaml" {
+  description = "The configuration file's text."
+  value       = yamlencode(local.config)
+}
