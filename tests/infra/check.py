@@ -330,6 +330,11 @@ STRIP = [
     ("queues/main.tf", "sqs_managed_sse_enabled", "attr"),
     ("functions/main.tf", "architectures", "attr"),
     ("functions/main.tf", "scaling_config", "block"),
+    ("functions/main.tf", "function_response_types", "attr"),
+]
+# Values provider 3.39 refuses, replaced in the copy (its runtime list ends at provided.al2).
+REPLACE = [
+    ("functions/main.tf", '"provided.al2023"', '"provided.al2"'),
 ]
 
 
@@ -423,6 +428,11 @@ def cmd_apply(args) -> int:
         text, n = strip(p.read_text(), name, kind)
         failures.check(n > 0, f"check.py STRIP: {name} is no longer in infra/modules/{rel}; remove it from the list")
         p.write_text(text)
+    for rel, old, new in REPLACE:
+        p = root / "modules" / rel
+        text = p.read_text()
+        failures.check(old in text, f"check.py REPLACE: {old} is no longer in infra/modules/{rel}; remove it from the list")
+        p.write_text(text.replace(old, new))
     (root / "providers.tf").write_text(provider_tf(args.endpoint))
     lambda_dir = Path(args.lambda_dir) if args.lambda_dir else stub_zips(work / "lambda")
     env = tf_env(work, args.endpoint)
@@ -507,14 +517,13 @@ def cmd_inspect(args) -> int:
         failures.check(env.get("ZEROSPOT_CONFIG") == cfg_yaml, f"{fn}: ZEROSPOT_CONFIG is not the rendered configuration")
         for v in ("ZEROSPOT_EKS_CLUSTER", "ZEROSPOT_EKS_ENDPOINT", "ZEROSPOT_EKS_CA"):
             failures.check(bool(env.get(v)), f"{fn}: {v} unset")
-        failures.check(c.get("Runtime") == "provided.al2023" and c.get("Handler") == "bootstrap", f"{fn}: runtime {c.get('Runtime')}, handler {c.get('Handler')}")
+        failures.check(c.get("Runtime") == "provided.al2" and c.get("Handler") == "bootstrap", f"{fn}: runtime {c.get('Runtime')} (provided.al2023 in infra/, provided.al2 in the copy: REPLACE), handler {c.get('Handler')}")
         failures.check(c.get("Role") == outputs["roles"][fn], f"{fn}: runs as {c.get('Role')}")
-        failures.check(c.get("DeadLetterConfig", {}).get("TargetArn", "").endswith("-events-dlq"), f"{fn}: no dead-letter queue: {c.get('DeadLetterConfig')}")
+        # moto keeps no DeadLetterConfig (nor does the state, read back from it): the structure test checks it.
         failures.check(c.get("Timeout", 0) >= (150 if fn == "spot-interruption" else 10), f"{fn}: timeout {c.get('Timeout')} s")
-    mappings = lam.list_event_source_mappings(FunctionName=outputs["function_names"]["queue-depth"])["EventSourceMappings"]
+    qd_arn = lam.get_function_configuration(FunctionName=outputs["function_names"]["queue-depth"])["FunctionArn"]
+    mappings = lam.list_event_source_mappings(FunctionName=qd_arn)["EventSourceMappings"]
     failures.check(len(mappings) == 1 and mappings[0]["EventSourceArn"].endswith("-notifications"), f"queue-depth: event sources {[m['EventSourceArn'] for m in mappings]}")
-    if mappings:
-        failures.check(mappings[0].get("FunctionResponseTypes") == ["ReportBatchItemFailures"], f"queue-depth: FunctionResponseTypes {mappings[0].get('FunctionResponseTypes')}")
     notif_url = sqs.get_queue_url(QueueName=outputs["reply_queue_url"].rsplit("/", 1)[1].replace("replies", "notifications"))["QueueUrl"]
     vis = int(sqs.get_queue_attributes(QueueUrl=notif_url, AttributeNames=["VisibilityTimeout"])["Attributes"]["VisibilityTimeout"])
     qd_timeout = lam.get_function_configuration(FunctionName=outputs["function_names"]["queue-depth"])["Timeout"]
@@ -574,7 +583,7 @@ def cmd_checkov(_args) -> int:
     if not checkov:
         sys.exit("ZEROSPOT_CHECKOV is not set: source ~/.cache/zerospot/infra.env (tests/bed/setup-infra.sh)")
     env = dict(os.environ, BC_SKIP_MAPPING="TRUE", CHECKOV_RUN_SCA_PACKAGE_SCAN_V2="false", LOG_LEVEL="WARNING")
-    cmd = checkov.split() + ["-d", str(INFRA), "--framework", "terraform", "--output", "json", "--quiet", "--compact", "--skip-download", "--download-external-modules", "false"]
+    cmd = checkov.split() + ["-d", str(INFRA), "--framework", "terraform", "--output", "json", "--compact", "--skip-download", "--download-external-modules", "false"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     try:
         report = json.loads(p.stdout)
@@ -582,12 +591,13 @@ def cmd_checkov(_args) -> int:
         failures.append(f"checkov printed no JSON (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         return failures.finish("checkov")
     reports = report if isinstance(report, list) else [report]
-    passed = skipped = 0
+    passed = skipped = failed = 0
     for r in reports:
         results = r.get("results", {})
         passed += len(results.get("passed_checks", []))
         skipped += len(results.get("skipped_checks", []))
         for c in results.get("failed_checks", []):
+            failed += 1
             failures.append(f"{c['check_id']} {c['check_name']}: {c['resource']} in {c['file_path']}:{c['file_line_range']}")
         for c in results.get("skipped_checks", []):
             reason = (c.get("check_result", {}) or {}).get("suppress_comment", "")
@@ -597,7 +607,7 @@ def cmd_checkov(_args) -> int:
         for m in re.finditer(r"#\s*checkov:skip=([A-Z0-9_]+)(?::(.*))?", f.read_text()):
             failures.check(m.group(2) is not None and len(m.group(2).strip()) >= 20, f"{f.relative_to(REPO)}: #checkov:skip={m.group(1)} has no reason")
     failures.check(passed > 50, f"checkov passed only {passed} checks: did it scan infra/?")
-    print(f"checkov: {passed} passed, {skipped} suppressed with reasons, {len([x for x in failures if not x.startswith(('infra/',))])} failed")
+    print(f"checkov: {passed} passed, {skipped} suppressed with reasons, {failed} failed")
     return failures.finish("checkov")
 
 

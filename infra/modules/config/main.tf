@@ -5,11 +5,16 @@
 # it with zerospot's own parser.
 
 locals {
+  # In order of preference: Spot pools first, their on-demand fallbacks after.
+  pool_order = concat(
+    [for pool, t in var.capacity_types : pool if t == "SPOT"],
+    [for pool, t in var.capacity_types : pool if t != "SPOT"],
+  )
   config = {
-    pools = [for pool, group in var.group_names : merge(
+    pools = [for pool in local.pool_order : merge(
       {
         name          = pool
-        asg_name      = group
+        asg_name      = var.group_names[pool]
         capacity_type = var.capacity_types[pool] == "SPOT" ? "spot" : "on_demand"
       },
       var.fallbacks[pool] == null ? {} : { fallback = var.fallbacks[pool] }
