@@ -29,6 +29,11 @@ pub(crate) struct DispatcherArgs {
     /// Log format: json (default) or text.
     #[arg(long, env = "ZEROSPOT_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Run without Kubernetes: each model's `endpoint` (required) offers `concurrency` slots and is
+    /// taken as ready; no wake-ups, no Node annotations. For a single GPU box whose model servers
+    /// listen at fixed addresses.
+    #[arg(long, env = "ZEROSPOT_NO_CLUSTER")]
+    no_cluster: bool,
 }
 
 /// Options of `zerospot submit`.
@@ -143,6 +148,24 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> Result<(), Failure> {
         std::env::var("HOSTNAME")
             .unwrap_or_else(|_| format!("zerospot-dispatcher-{}", std::process::id()))
     });
+    if args.no_cluster {
+        return runtime()?.block_on(async move {
+            let aws = aws_config::load_from_env().await;
+            zerospot_custody::service::run_without_cluster(
+                config,
+                &aws,
+                args.listen,
+                crate::run_scaler::shutdown_signal(),
+            )
+            .await
+            .map_err(|e| match e {
+                zerospot_custody::service::ServiceError::Config(_) => {
+                    Failure::input(anyhow::Error::from(e))
+                }
+                e => Failure::from(anyhow::Error::from(e)),
+            })
+        });
+    }
     runtime()?.block_on(async move {
         let kube_config = kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!("no Kubernetes configuration (KUBECONFIG or in-cluster): {e}")

@@ -322,6 +322,7 @@ impl NodeGroupSpec {
             },
             spec: Some(NodeSpec {
                 provider_id: Some(instance.provider_id()),
+                pod_cidr: Some(loopback_pod_cidr()),
                 ..NodeSpec::default()
             }),
             status: Some(NodeStatus {
@@ -331,6 +332,16 @@ impl NodeGroupSpec {
             }),
         }
     }
+}
+
+/// A pod CIDR of its own for each node the bridge registers, inside 127.0.0.0/8: kwok gives the node's
+/// pods IPs from it, and on Linux every 127.x.y.z is a local address, so a test can serve "pod
+/// `10.1.2.3`" for real by listening at its IP (or on 0.0.0.0) and the dispatcher reaches pods by IP as
+/// it would in a cluster. 127.100.0.0/24 upwards; /24 each.
+pub fn loopback_pod_cidr() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (150 * 256);
+    format!("127.{}.{}.0/24", 100 + n / 256, n % 256)
 }
 
 fn region_of(zone: &str) -> String {

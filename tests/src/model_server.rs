@@ -90,6 +90,10 @@ pub struct StandInOptions {
     pub parallel: usize,
     /// Requests that may wait before a further one is refused with 503, `OLLAMA_MAX_QUEUE` (default 512).
     pub max_queue: usize,
+    /// Where to listen (default `127.0.0.1:0`, a free loopback port). `0.0.0.0:PORT` answers on every
+    /// local address, such as the loopback pod IPs the bridge's nodes hand out, with
+    /// [`RecordedRequest::local`] saying which one a request came to.
+    pub bind: std::net::SocketAddr,
 }
 
 impl Default for StandInOptions {
@@ -108,7 +112,15 @@ impl StandInOptions {
             tokens_per_reply: 8,
             parallel: 1,
             max_queue: 512,
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
+    }
+
+    /// Listen at `bind` instead of a free loopback port.
+    #[must_use]
+    pub fn bind(mut self, bind: std::net::SocketAddr) -> Self {
+        self.bind = bind;
+        self
     }
 
     /// How long each model takes to load before its first answer.
@@ -158,6 +170,10 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body, byte for byte.
     pub body: Vec<u8>,
+    /// The local address it came to (which "pod IP", when listening on 0.0.0.0).
+    pub local: Option<std::net::SocketAddr>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -260,7 +276,7 @@ impl StandIn {
                 "the stand-in needs at least one model".into(),
             ));
         }
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        let listener = TcpListener::bind(options.bind)
             .await
             .map_err(Error::io("binding the stand-in model server"))?;
         let local = listener
@@ -396,10 +412,11 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
+        let local = stream.local_addr().ok();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let shared = shared.clone();
-                async move { handle(shared, request).await }
+                async move { handle(shared, local, request).await }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -419,7 +436,11 @@ enum Api {
     OpenAiChat,
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
+async fn handle(
+    shared: Arc<Shared>,
+    local: Option<std::net::SocketAddr>,
+    request: Request<Incoming>,
+) -> Answer {
     let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
@@ -449,6 +470,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
             })
             .collect(),
         body: body.to_vec(),
+        local,
+        at: arrived,
     });
     let api = match (parts.method.as_str(), parts.uri.path()) {
         ("POST", "/api/chat") => Api::Chat,

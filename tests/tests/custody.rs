@@ -92,7 +92,7 @@ fn config(s: &Scenario, q: &Queues, endpoint: &str, extra: &str) -> String {
     let base = base.replace(
         &format!("namespace: {}, service:", s.namespace),
         &format!(
-            "endpoint: \"{endpoint}\", concurrency: 4, namespace: {}, service:",
+            "endpoint: \"{endpoint}\", target: route, concurrency: 4, namespace: {}, service:",
             s.namespace
         ),
     );
@@ -165,8 +165,17 @@ async fn two_hundred_requests_submitted_with_the_group_at_zero_are_all_answered_
     )
     .await
     .unwrap();
+    // The pod's server: the dispatcher sends to the pod's IP (pods mode); the route (`standin`) only
+    // ever sees the wake-up.
+    let (pod_server, port) = pod_standin(
+        StandInOptions::new(["llama"])
+            .parallel(4)
+            .tokens_per_reply(4),
+    )
+    .await;
     let pa = s.create_autoscaler("llama").await;
-    let config = config(&s, &q, standin.endpoint(), "");
+    let config = pods_config(&s, &q, standin.endpoint(), port, "")
+        .replace("concurrency: 25", "concurrency: 4");
     let _scaler = start_scaler(s.bed, &s.aws, &config).await;
     let _dispatcher = start_dispatcher(&s, &config).await;
     let sqs = SdkQueue::new(&s.aws);
@@ -214,10 +223,31 @@ async fn two_hundred_requests_submitted_with_the_group_at_zero_are_all_answered_
     }
     assert_eq!(finals.len(), n, "every request answered");
     assert!(finals.values().all(|c| *c == 1), "none answered twice");
+    assert!(
+        standin.requests_to("/api/chat").is_empty(),
+        "requests go to the pod, not the route"
+    );
+    assert_eq!(
+        pod_server.requests_to("/api/chat").len(),
+        n,
+        "each sent once"
+    );
     let sample = replies.iter().find(|r| r.id == "r7").unwrap();
-    assert_eq!(sample.content, standin.reply_to("question r7"));
+    assert_eq!(sample.content, pod_server.reply_to("question r7"));
     let t = sample.timings.as_ref().unwrap();
     assert!(t.queued_s > 0.0 && t.total_s >= t.queued_s, "{t:?}");
+    // The first requests waited for the pod; their replies say when it turned Ready.
+    let waited: Vec<&zerospot_custody::reply::Timings> = replies
+        .iter()
+        .filter_map(|r| r.timings.as_ref())
+        .filter(|t| t.pod_ready_s.is_some())
+        .collect();
+    assert!(!waited.is_empty(), "phases of a cold start reported");
+    for t in waited {
+        let pod_ready = t.pod_ready_s.unwrap();
+        assert!(pod_ready <= t.queued_s && pod_ready > 0.0, "{t:?}");
+        assert!(t.node_ready_s.is_none_or(|n| n <= pod_ready), "{t:?}");
+    }
     // The group came up from zero for it, and the queue is empty.
     assert!(s.group_state().await.0 >= 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -386,4 +416,411 @@ async fn a_malformed_message_goes_to_the_dlq_with_the_reason_and_the_rest_are_an
         "{}",
         String::from_utf8_lossy(&got.body)
     );
+}
+
+/// The scenario's configuration in `pods` mode: the dispatcher picks the pod and sends to
+/// `http://<pod IP>:<pod_port>`; pod IPs are loopback addresses (the bridge's pod CIDRs) where a
+/// stand-in listening on 0.0.0.0 answers. `wake` is the route the wake-up requests go to.
+fn pods_config(s: &Scenario, q: &Queues, wake: &str, pod_port: u16, extra: &str) -> String {
+    let base = s.config(60, 600);
+    let base = base.replace(
+        &format!("namespace: {}, service:", s.namespace),
+        &format!(
+            "endpoint: \"{wake}\", target: pods, pod_port: {pod_port}, concurrency: 25, namespace: {}, service:",
+            s.namespace
+        ),
+    );
+    format!(
+        "{base}dispatcher: {{reply_queues: [\"{}\"], dead_letter_queue: \"{}\", visibility_timeout_s: 60, retry_backoff_s: 1{extra}}}\n",
+        q.replies, q.dlq
+    )
+}
+
+/// A stand-in answering on every local address (so on every loopback pod IP) at a free port.
+async fn pod_standin(options: StandInOptions) -> (StandIn, u16) {
+    let port = scaler_common::free_addr().port();
+    let standin = StandIn::start(options.bind(SocketAddr::from(([0, 0, 0, 0], port))))
+        .await
+        .unwrap();
+    (standin, port)
+}
+
+/// Plays Knative's part: a Ready model pod on `node` (placed there directly); returns its IP.
+async fn model_pod_on(s: &Scenario, model: &str, node: &str) -> String {
+    let mut pod = gpu_pod(&unique_name(model), &s.group, 1);
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(names::LABEL_KNATIVE_SERVICE.into(), model.into());
+    pod.spec.as_mut().unwrap().node_name = Some(node.to_owned());
+    let pods = Api::<Pod>::namespaced(s.kube.clone(), &s.namespace);
+    let name = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .name
+        .unwrap();
+    eventually(
+        "the pod Ready with an IP",
+        Duration::from_secs(30),
+        || async {
+            let p = pods.get(&name).await.map_err(|e| e.to_string())?;
+            let status = p.status.unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            match status.pod_ip {
+                Some(ip) if ready => Ok(ip),
+                _ => Err("not yet".to_owned()),
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn in_flight_annotation(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(names::ANNOTATION_IN_FLIGHT)
+        .cloned()
+}
+
+async fn node_annotation_is(s: &Scenario, node: &str, want: &str) {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(s.kube.clone());
+    eventually(
+        &format!("{node} annotated in-flight {want}"),
+        Duration::from_secs(20),
+        || async {
+            let n = nodes.get(node).await.map_err(|e| e.to_string())?;
+            match in_flight_annotation(&n) {
+                Some(v) if v == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_spot_interruption_during_fifty_requests_in_flight_hands_its_node_s_requests_over_at_once()
+ {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let q = queues(&s).await;
+    // 40 tokens at 300 ms: each answer takes 12 s, so a request handed over must not wait for it.
+    let (standin, port) = pod_standin(
+        StandInOptions::new(["llama"])
+            .parallel(100)
+            .token_latency(Duration::from_millis(300))
+            .tokens_per_reply(40),
+    )
+    .await;
+    zerospot_testbed::fixtures::set_desired_capacity(&s.aws, &s.group, 3)
+        .await
+        .unwrap();
+    let nodes = eventually("three Ready nodes", Duration::from_secs(30), || async {
+        let n = s.ready_nodes().await;
+        if n.len() == 3 {
+            Ok(n)
+        } else {
+            Err(format!("{} so far", n.len()))
+        }
+    })
+    .await
+    .unwrap();
+    let name = |i: usize| nodes[i].metadata.name.clone().unwrap();
+    let (a, b, c) = (name(0), name(1), name(2));
+    let ip_a = model_pod_on(&s, "llama", &a).await;
+    let ip_b = model_pod_on(&s, "llama", &b).await;
+    assert_ne!(ip_a, ip_b);
+    let _dispatcher = start_dispatcher(
+        &s,
+        &pods_config(&s, &q, "http://127.0.0.1:9", port, ", max_attempts: 3"),
+    )
+    .await;
+    let sqs = SdkQueue::new(&s.aws);
+    let n = 50;
+    for i in 0..n {
+        submit(
+            &sqs,
+            s.queue("llama"),
+            &request("llama", &format!("r{i}"), &q.replies, 600),
+        )
+        .await
+        .unwrap();
+    }
+    let to = |ip: &str| {
+        standin
+            .requests_to("/api/chat")
+            .into_iter()
+            .filter(|r| r.local.is_some_and(|l| l.ip().to_string() == ip))
+            .collect::<Vec<_>>()
+    };
+    eventually("50 requests running", Duration::from_secs(30), || async {
+        let (na, nb) = (to(&ip_a).len(), to(&ip_b).len());
+        if na + nb == n {
+            Ok(())
+        } else {
+            Err(format!("{na} on A, {nb} on B"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(to(&ip_a).len(), 25, "each pod filled to its concurrency");
+    assert_eq!(to(&ip_b).len(), 25);
+    // Exact work in flight per node, for the scaler.
+    node_annotation_is(&s, &a, "25").await;
+
+    // The interruption warning: the spot-interruption function taints the node (see
+    // zerospot_effects::disruption); here the test plays it. A replacement pod comes up on C.
+    let tainted_at = std::time::Instant::now();
+    Api::<k8s_openapi::api::core::v1::Node>::all(s.kube.clone())
+        .patch(
+            &a,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"taints": [
+                {"key": names::TAINT_INTERRUPTED, "value": "spot", "effect": "NoSchedule"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let ip_c = model_pod_on(&s, "llama", &c).await;
+
+    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(120), |r| {
+        r.iter().filter(|x| x.kind.is_terminal()).count() >= n
+    })
+    .await;
+    let mut finals: HashMap<&str, &Reply> = HashMap::new();
+    for r in replies.iter().filter(|r| r.kind.is_terminal()) {
+        assert_eq!(r.kind, ReplyKind::Final, "{r:?}");
+        assert!(finals.insert(r.id.as_str(), r).is_none(), "{} twice", r.id);
+    }
+    assert_eq!(finals.len(), n, "every request answered");
+    let on_a: Vec<String> = to(&ip_a)
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    let again = to(&ip_c);
+    assert_eq!(again.len(), 25, "A's 25 requests, and only they, went to C");
+    for r in &again {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(on_a.iter().any(|b| *b == body), "{body} was not on A");
+        // Handed over at once: re-sent long before the 12 s its first attempt needed, and long
+        // before the 60 s visibility timeout would have brought it back.
+        let after = r.at.duration_since(tainted_at);
+        assert!(
+            after < Duration::from_secs(8),
+            "re-sent {after:?} after the taint"
+        );
+    }
+    for (id, reply) in &finals {
+        assert_eq!(reply.content, standin.reply_to(&format!("question {id}")));
+        let handed_over = on_a.iter().any(|b| b.contains(&format!("question {id}\"")));
+        let attempt = reply.timings.as_ref().unwrap().attempt;
+        assert_eq!(attempt, u32::from(handed_over), "{id}");
+    }
+    // A is idle now, C carried the work; B never saw a second request.
+    node_annotation_is(&s, &a, "0").await;
+    assert_eq!(to(&ip_b).len(), 25);
+}
+
+/// A `zerospot dispatcher` process; killed (SIGKILL) when dropped.
+struct DispatcherProcess(std::process::Child);
+
+impl Drop for DispatcherProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_dispatcher(s: &Scenario, config: &std::path::Path, extra: &[&str]) -> DispatcherProcess {
+    let info = s.bed.info();
+    let log = config.with_extension(format!("{}.log", unique_name("dispatcher")));
+    let child = std::process::Command::new(scaler_common::zerospot_binary())
+        .args(["dispatcher", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(extra)
+        .env("KUBECONFIG", &info.kubeconfig)
+        .env("AWS_ENDPOINT_URL", &info.moto_endpoint)
+        .env("AWS_REGION", &info.region)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    DispatcherProcess(child)
+}
+
+/// Every reply message on `url` with its `zerospot-attempt` attribute, until `done` holds.
+async fn collect_with_attempts(
+    queue: &SdkQueue,
+    url: &str,
+    within: Duration,
+    done: impl Fn(&[(Reply, u32)]) -> bool,
+) -> Vec<(Reply, u32)> {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    while started.elapsed() < within && !done(&out) {
+        for m in queue
+            .receive(url, 10, Duration::from_secs(1), Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            let attempt = m
+                .attributes
+                .get("zerospot-attempt")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(u32::MAX);
+            out.push((Reply::parse(&m.body).unwrap(), attempt));
+            queue.delete(url, &m.receipt).await.unwrap();
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_stream_and_restarted_answers_every_request_exactly_once() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let q = queues(&s).await;
+    // 20 tokens at 250 ms: 5 s per answer, streamed in chunks every 100 ms.
+    let standin = StandIn::start(
+        StandInOptions::new(["llama"])
+            .parallel(8)
+            .token_latency(Duration::from_millis(250))
+            .tokens_per_reply(20),
+    )
+    .await
+    .unwrap();
+    let _scaler = start_scaler(s.bed, &s.aws, &s.config(60, 600)).await;
+    warm(&s, "llama").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zerospot.yaml");
+    // Visibility 4 s (renewed every 2 s while alive): a dead dispatcher's requests return within 4 s.
+    let yaml = config(&s, &q, standin.endpoint(), "")
+        .replace("visibility_timeout_s: 10", "visibility_timeout_s: 4")
+        .replace("concurrency: 4", "concurrency: 8");
+    std::fs::write(&file, yaml).unwrap();
+    let first = spawn_dispatcher(&s, &file, &[]);
+    let sqs = SdkQueue::new(&s.aws);
+    let n = 16;
+    for i in 0..n {
+        let mut r = request("llama", &format!("k{i}"), &q.replies, 600);
+        r.stream = true;
+        submit(&sqs, s.queue("llama"), &r).await.unwrap();
+    }
+    // Mid-stream: eight answers are being generated and chunks are on the reply queue.
+    eventually(
+        "eight requests streaming",
+        Duration::from_secs(60),
+        || async {
+            let got = standin.requests_to("/api/chat").len();
+            if got >= 8 {
+                Ok(())
+            } else {
+                Err(format!("{got} so far"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(first); // SIGKILL
+    let killed_with = standin.requests_to("/api/chat").len();
+    assert!(killed_with < n, "killed before everything was served");
+    let _second = spawn_dispatcher(&s, &file, &[]);
+
+    let replies = collect_with_attempts(&sqs, &q.replies, Duration::from_secs(120), |r| {
+        r.iter().filter(|(x, _)| x.kind.is_terminal()).count() >= n
+    })
+    .await;
+    // Let any late duplicate arrive before counting.
+    let late = collect_with_attempts(&sqs, &q.replies, Duration::from_secs(6), |_| false).await;
+    let all: Vec<&(Reply, u32)> = replies.iter().chain(late.iter()).collect();
+    let mut finals: HashMap<&str, Vec<&Reply>> = HashMap::new();
+    for (r, _) in all.iter().filter(|(r, _)| r.kind.is_terminal()) {
+        finals.entry(r.id.as_str()).or_default().push(r);
+    }
+    assert_eq!(finals.len(), n, "every request answered");
+    for (id, f) in &finals {
+        assert_eq!(f.len(), 1, "{id}: one terminal reply, not {f:?}");
+        assert_eq!(f[0].kind, ReplyKind::Final, "{:?}", f[0]);
+        assert_eq!(f[0].content, standin.reply_to(&format!("question {id}")));
+    }
+    // The requests cut by the kill were answered again (a later attempt), and the last attempt's
+    // chunks, put in order, are exactly the final answer.
+    let retried: Vec<&&str> = finals
+        .iter()
+        .filter(|(_, f)| f[0].timings.as_ref().unwrap().attempt > 0)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!retried.is_empty(), "the kill cut some answers");
+    for id in retried {
+        let last = finals[*id][0].timings.as_ref().unwrap().attempt;
+        let mut chunks: Vec<&Reply> = all
+            .iter()
+            .filter(|(r, a)| r.id == **id && r.kind == ReplyKind::Chunk && *a == last)
+            .map(|(r, _)| r)
+            .collect();
+        chunks.sort_by_key(|r| r.seq);
+        chunks.dedup_by_key(|r| r.seq);
+        let text: String = chunks.iter().map(|r| r.content.as_str()).collect();
+        assert_eq!(text, finals[*id][0].content, "{id}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sqs.waiting(s.queue("llama")).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn without_a_cluster_the_dispatcher_serves_fixed_endpoints_and_refuses_a_model_without_one() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let q = queues(&s).await;
+    let standin = StandIn::start(StandInOptions::new(["llama"]).parallel(2))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zerospot.yaml");
+    std::fs::write(&file, config(&s, &q, standin.endpoint(), "")).unwrap();
+    // No pod, no node, no scaler: the endpoint alone is the capacity.
+    let _dispatcher = spawn_dispatcher(&s, &file, &["--no-cluster"]);
+    let sqs = SdkQueue::new(&s.aws);
+    for i in 0..5 {
+        submit(
+            &sqs,
+            s.queue("llama"),
+            &request("llama", &format!("s{i}"), &q.replies, 600),
+        )
+        .await
+        .unwrap();
+    }
+    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(60), |r| {
+        r.iter().filter(|x| x.kind.is_terminal()).count() >= 5
+    })
+    .await;
+    let finals: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.kind == ReplyKind::Final)
+        .collect();
+    assert_eq!(finals.len(), 5, "{replies:?}");
+    assert!(standin.peak_concurrency() <= 2, "concurrency honoured");
+    assert_eq!(s.group_state().await.0, 0, "nothing scaled");
+
+    let no_endpoint = dir.path().join("bad.yaml");
+    std::fs::write(
+        &no_endpoint,
+        config(&s, &q, standin.endpoint(), "")
+            .replace(&format!("endpoint: \"{}\", ", standin.endpoint()), ""),
+    )
+    .unwrap();
+    let mut bad = spawn_dispatcher(&s, &no_endpoint, &["--no-cluster"]);
+    let status = bad.0.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "a configuration error, not a crash");
 }

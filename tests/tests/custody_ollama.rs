@@ -8,7 +8,6 @@ mod scaler_common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,17 +20,6 @@ use zerospot_testbed::ollama::{Ollama, OllamaOptions};
 use zerospot_testbed::unique_name;
 
 /// The `zerospot` binary that `cargo test --workspace` builds (run alone: `cargo build -p zerospot`).
-fn zerospot_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("zerospot");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build -p zerospot`",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test]
 async fn two_real_models_converse_for_three_turns_through_the_queues_from_a_group_at_zero() {
     let ollama = Ollama::start_with(
@@ -63,7 +51,7 @@ async fn two_real_models_converse_for_three_turns_through_the_queues_from_a_grou
     let base = s.config(60, 600).replace(
         &format!("namespace: {}, service:", s.namespace),
         &format!(
-            "endpoint: \"{}\", concurrency: 2, namespace: {}, service:",
+            "endpoint: \"{}\", target: route, concurrency: 2, namespace: {}, service:",
             ollama.endpoint(),
             s.namespace
         ),
@@ -108,7 +96,7 @@ async fn two_real_models_converse_for_three_turns_through_the_queues_from_a_grou
     }
 
     let info = s.bed.info().clone();
-    let bin = zerospot_binary();
+    let bin = scaler_common::zerospot_binary();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bin)
             .args(["converse", "--config"])

@@ -4,10 +4,12 @@
 //!
 //! # Rules
 //! - A model pod counts when it is Ready (its Ready condition is True), not being deleted, and on a
-//!   node that is Ready, schedulable and not tainted `zerospot.io/interrupted`.
-//! - Free slots of a model = its counted pods x its `concurrency` - its requests in flight.
-//! - Work in flight per node, for the scaler: requests go through the model's Knative route, which
-//!   picks the pod, so the dispatcher cannot know which node serves which request. It attributes
+//!   node that is Ready, schedulable and not tainted `zerospot.io/interrupted`. In `pods` mode it also
+//!   needs an IP.
+//! - Free slots of a model = its counted pods x its `concurrency` - its requests in flight; in `pods`
+//!   mode counted per pod, since the dispatcher picks the pod.
+//! - Work in flight per node, for the scaler: in `pods` mode the dispatcher knows each request's node
+//!   and publishes exact counts. In `route` mode the route picks the pod, so the dispatcher attributes
 //!   conservatively: each node hosting a counted pod of a model with `k` requests in flight is given
 //!   `min(k, pods there x concurrency)`. A node can be over-counted, never under-counted, so the scaler
 //!   never removes a node that may be serving.
@@ -24,19 +26,31 @@ fn condition_true(
     conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == kind && c.status == "True"))
 }
 
-/// Whether a node can take requests: Ready, schedulable, not interrupted.
-pub fn node_usable(node: &Node) -> bool {
+/// Why a node cannot take requests, or `None` when it can.
+pub fn node_unusable(node: &Node) -> Option<&'static str> {
     let ready = node
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     let spec = node.spec.as_ref();
-    let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
     let interrupted = spec
         .and_then(|s| s.taints.as_ref())
         .is_some_and(|ts| ts.iter().any(|t| t.key == names::TAINT_INTERRUPTED));
-    ready && !cordoned && !interrupted
+    if interrupted {
+        Some("node interrupted")
+    } else if !ready {
+        Some("node not Ready")
+    } else if spec.and_then(|s| s.unschedulable).unwrap_or(false) {
+        Some("node cordoned")
+    } else {
+        None
+    }
+}
+
+/// Whether a node can take requests: Ready, schedulable, not interrupted.
+pub fn node_usable(node: &Node) -> bool {
+    node_unusable(node).is_none()
 }
 
 /// Whether `pod` belongs to `model`'s Knative Service.
@@ -50,44 +64,130 @@ pub fn is_model_pod(pod: &Pod, model: &ModelConfig) -> bool {
             .is_some_and(|s| *s == model.service)
 }
 
+/// One model pod that can take requests now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTarget {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID (a pod recreated under the same name is another pod).
+    pub uid: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its IP, once it has one.
+    pub ip: Option<String>,
+}
+
+/// Why `pod` cannot take requests (not Ready, terminating, unscheduled, its node unusable or unknown),
+/// or `None` when it can.
+pub fn pod_unusable(pod: &Pod, nodes: &[&Node]) -> Option<&'static str> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some("pod terminating");
+    }
+    if !condition_true(
+        pod.status.as_ref().and_then(|s| s.conditions.as_ref()),
+        "Ready",
+    ) {
+        return Some("pod not Ready");
+    }
+    let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        return Some("pod not scheduled");
+    };
+    match nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(node_name))
+    {
+        Some(node) => node_unusable(node),
+        None => Some("node gone"),
+    }
+}
+
+/// Why requests running on a pod must go elsewhere at once, or `None` while they may finish there:
+/// the pod is gone or terminating, or its node is gone or tainted `zerospot.io/interrupted` (a Spot
+/// interruption: two minutes left). A pod that is merely not Ready (a readiness probe failing under
+/// load), or a cordoned node, keeps its requests: they may well finish.
+pub fn pod_doomed(pod: Option<&Pod>, nodes: &[&Node]) -> Option<&'static str> {
+    let Some(pod) = pod else {
+        return Some("pod gone");
+    };
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some("pod terminating");
+    }
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())?;
+    let Some(node) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(node_name))
+    else {
+        return Some("node gone");
+    };
+    (node_unusable(node) == Some("node interrupted")).then_some("node interrupted")
+}
+
+/// `model`'s pods that can take requests now, in a stable order (by node, then name).
+pub fn ready_pods(model: &ModelConfig, pods: &[&Pod], nodes: &[&Node]) -> Vec<PodTarget> {
+    let mut out: Vec<PodTarget> = pods
+        .iter()
+        .filter(|p| is_model_pod(p, model) && pod_unusable(p, nodes).is_none())
+        .map(|p| PodTarget {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            ip: p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|ip| !ip.is_empty()),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+    out
+}
+
 /// The nodes of `model`'s counted pods (one entry per pod).
-pub fn ready_pod_nodes<'a>(
-    model: &ModelConfig,
-    pods: &'a [&'a Pod],
-    nodes: &[&Node],
-) -> Vec<&'a str> {
-    pods.iter()
-        .filter(|p| is_model_pod(p, model))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            condition_true(
-                p.status.as_ref().and_then(|s| s.conditions.as_ref()),
-                "Ready",
-            )
-        })
-        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
-        .filter(|n| {
-            nodes
-                .iter()
-                .find(|node| node.metadata.name.as_deref() == Some(*n))
-                .is_some_and(|node| node_usable(node))
-        })
+pub fn ready_pod_nodes(model: &ModelConfig, pods: &[&Pod], nodes: &[&Node]) -> Vec<String> {
+    ready_pods(model, pods, nodes)
+        .into_iter()
+        .map(|p| p.node)
         .collect()
 }
 
-/// Free slots of `model` with `in_flight` requests running.
+/// Free slots of `model` with `in_flight` requests running (`route` mode: the route picks the pod).
 pub fn free_slots(model: &ModelConfig, pods: &[&Pod], nodes: &[&Node], in_flight: u32) -> u32 {
-    let pods = u32::try_from(ready_pod_nodes(model, pods, nodes).len()).unwrap_or(u32::MAX);
+    let pods = u32::try_from(ready_pods(model, pods, nodes).len()).unwrap_or(u32::MAX);
     pods.saturating_mul(model.concurrency)
         .saturating_sub(in_flight)
 }
 
-/// Work in flight per node (see the module docs), for every node hosting a pod of a busy model.
-pub fn in_flight_per_node(
-    models: &[(&ModelConfig, u32)],
+/// Free slots per pod in `pods` mode: each counted pod with an IP, less the requests the dispatcher
+/// runs on it (`running(uid)`), most free first (ties in [`ready_pods`] order).
+pub fn free_pod_slots(
+    model: &ModelConfig,
     pods: &[&Pod],
     nodes: &[&Node],
-) -> BTreeMap<String, u32> {
+    running: impl Fn(&str) -> u32,
+) -> Vec<(PodTarget, u32)> {
+    let mut out: Vec<(PodTarget, u32)> = ready_pods(model, pods, nodes)
+        .into_iter()
+        .filter(|p| p.ip.is_some())
+        .map(|p| {
+            let free = model.concurrency.saturating_sub(running(&p.uid));
+            (p, free)
+        })
+        .filter(|(_, free)| *free > 0)
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.1));
+    out
+}
+
+/// Work in flight per node for `route`-mode models (see the module docs), for every node hosting a
+/// pod of a busy model.
+pub fn in_flight_per_node(models: &[(&ModelConfig, u32)], pods: &[&Pod]) -> BTreeMap<String, u32> {
     let mut out: BTreeMap<String, u32> = BTreeMap::new();
     for (model, in_flight) in models {
         let mut per_node: BTreeMap<&str, u32> = BTreeMap::new();
@@ -103,7 +203,6 @@ pub fn in_flight_per_node(
             *out.entry(node.to_owned()).or_default() += share;
         }
     }
-    let _ = nodes;
     out
 }
 
@@ -198,17 +297,114 @@ mod tests {
         assert_eq!(free_slots(&m, &pod_refs, &node_refs, 9), 0);
     }
 
+    fn with_ip(mut p: Pod, uid: &str, ip: Option<&str>) -> Pod {
+        p.metadata.uid = Some(uid.into());
+        p.status.as_mut().unwrap().pod_ip = ip.map(Into::into);
+        p
+    }
+
+    #[test]
+    fn pods_mode_offers_each_pod_s_own_free_slots_most_free_first_and_needs_an_ip() {
+        let m = model(4);
+        let nodes = [node("n1", true), node("n2", true), node("n3", true)];
+        let node_refs: Vec<&Node> = nodes.iter().collect();
+        let pods = [
+            with_ip(pod("llama", "n1", true), "u1", Some("10.0.0.1")),
+            with_ip(pod("llama", "n2", true), "u2", Some("10.0.0.2")),
+            with_ip(pod("llama", "n3", true), "u3", None),
+        ];
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
+        let running = |uid: &str| match uid {
+            "u1" => 3,
+            "u2" => 1,
+            _ => 0,
+        };
+        let free = free_pod_slots(&m, &pod_refs, &node_refs, running);
+        let got: Vec<(&str, u32)> = free.iter().map(|(p, f)| (p.uid.as_str(), *f)).collect();
+        assert_eq!(
+            got,
+            [("u2", 3), ("u1", 1)],
+            "no IP, no slot; most free first"
+        );
+        assert_eq!(free[0].0.ip.as_deref(), Some("10.0.0.2"));
+        assert_eq!(free[0].0.node, "n2");
+        let full = free_pod_slots(&m, &pod_refs, &node_refs, |_| 4);
+        assert!(full.is_empty(), "a full pod offers nothing");
+    }
+
+    #[test]
+    fn requests_leave_a_pod_only_when_it_or_its_node_is_going_away() {
+        let nodes = [node("n1", true), node("n2", false), node("n3", true)];
+        let mut interrupted = nodes.clone();
+        interrupted[2].spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: names::TAINT_INTERRUPTED.into(),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        }]);
+        let refs: Vec<&Node> = interrupted.iter().collect();
+        let mut cordoned = node("n1", true);
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        assert_eq!(pod_doomed(None, &refs), Some("pod gone"));
+        assert_eq!(pod_doomed(Some(&pod("llama", "n1", true)), &refs), None);
+        assert_eq!(
+            pod_doomed(Some(&pod("llama", "n1", false)), &refs),
+            None,
+            "not Ready (a probe failing under load) keeps its requests"
+        );
+        assert_eq!(
+            pod_doomed(Some(&pod("llama", "n2", true)), &refs),
+            None,
+            "a NotReady node may come back"
+        );
+        assert_eq!(
+            pod_doomed(Some(&pod("llama", "n3", true)), &refs),
+            Some("node interrupted")
+        );
+        assert_eq!(
+            pod_doomed(Some(&pod("llama", "n9", true)), &refs),
+            Some("node gone")
+        );
+        let mut terminating = pod("llama", "n1", true);
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_eq!(
+            pod_doomed(Some(&terminating), &refs),
+            Some("pod terminating")
+        );
+        let cordoned_refs = [&cordoned];
+        assert_eq!(
+            pod_doomed(Some(&pod("llama", "n1", true)), &cordoned_refs),
+            None
+        );
+        assert_eq!(node_unusable(&cordoned), Some("node cordoned"));
+        assert_eq!(node_unusable(&nodes[1]), Some("node not Ready"));
+        let mut unscheduled = pod("llama", "n1", true);
+        unscheduled.spec.as_mut().unwrap().node_name = None;
+        assert_eq!(pod_doomed(Some(&unscheduled), &refs), None);
+        assert_eq!(pod_unusable(&unscheduled, &refs), Some("pod not scheduled"));
+        assert_eq!(pod_unusable(&terminating, &refs), Some("pod terminating"));
+        assert_eq!(
+            pod_unusable(&pod("llama", "n1", false), &refs),
+            Some("pod not Ready")
+        );
+        assert_eq!(
+            pod_unusable(&pod("llama", "n9", true), &refs),
+            Some("node gone")
+        );
+        assert_eq!(pod_unusable(&pod("llama", "n1", true), &refs), None);
+    }
+
     #[test]
     fn work_in_flight_is_attributed_to_every_node_that_may_serve_it() {
         let m = model(2);
-        let nodes = [node("n1", true), node("n2", true)];
-        let node_refs: Vec<&Node> = nodes.iter().collect();
         let pods = [pod("llama", "n1", true), pod("llama", "n2", true)];
         let pod_refs: Vec<&Pod> = pods.iter().collect();
-        let per_node = in_flight_per_node(&[(&m, 3)], &pod_refs, &node_refs);
+        let per_node = in_flight_per_node(&[(&m, 3)], &pod_refs);
         assert_eq!(per_node.get("n1"), Some(&2));
         assert_eq!(per_node.get("n2"), Some(&2));
-        let idle = in_flight_per_node(&[(&m, 0)], &pod_refs, &node_refs);
+        let idle = in_flight_per_node(&[(&m, 0)], &pod_refs);
         assert_eq!(idle.get("n1"), Some(&0));
     }
 }

@@ -18,6 +18,18 @@
 //! 5. Every second, work in flight per node is written to the Node annotations the scaler reads
 //!    (`zerospot.io/in-flight`, `zerospot.io/idle-since`).
 //!
+//! # Where a request goes
+//! In `pods` mode (the default, [`Target::Pods`]) the dispatcher picks the pod itself, the one with
+//! the most free slots, and sends to `http://<pod IP>:<pod_port>` (Knative's queue-proxy, as the
+//! activator does: `pkg/activator/net/throttler.go` picks a pod tracker and the activator proxies to
+//! its IP). Knowing each request's pod, it publishes exact work in flight per node and hands a request
+//! back to the queue (visibility 0, its stream to the pod closed) the moment its pod terminates or
+//! vanishes or its node is tainted `zerospot.io/interrupted` or vanishes, so another pod answers it
+//! well within a Spot interruption's two minutes. In `route` mode it sends to the model's `endpoint`
+//! and cannot know the node; such a request is retried when its stream is cut. Without a cluster
+//! (`zerospot dispatcher --no-cluster`, a single GPU box) each model's `endpoint` offers `concurrency`
+//! slots and is always ready.
+//!
 //! # Waking Knative
 //! Held requests never reach Knative, so by themselves they would never make it create a pod. While
 //! requests wait for a model with no Ready pod, the dispatcher keeps one expendable wake-up request in
@@ -54,12 +66,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::Store;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{Notify, watch};
 use zerospot_core::request::{Request, RequestError};
-use zerospot_effects::config::{ModelApi, ModelConfig, names};
+use zerospot_effects::config::{ModelApi, ModelConfig, Target, names};
 use zerospot_effects::{Cluster, ScalerConfig};
 
-use crate::capacity;
+use crate::capacity::{self, PodTarget};
 use crate::model::{ModelClient, ModelError};
 use crate::queue::{Message, Queue};
 use crate::reply::{Reply, ReplyKind, Timings};
@@ -85,14 +98,67 @@ pub struct Stats {
     pub timed_out: AtomicU64,
     /// Wake-up requests sent.
     pub wakes: AtomicU64,
+    /// Requests handed back to the queue because their pod or node went away.
+    pub released: AtomicU64,
     /// Receive -> first byte to the model, microseconds, of the last 4096 dispatches.
     pub dispatch_overhead_us: Mutex<VecDeque<u64>>,
+}
+
+/// Per-phase timing histograms, seconds (exported as metrics by the binary).
+#[derive(Debug, Clone)]
+pub struct Phases {
+    /// Arrival on the queue -> dispatch.
+    pub queued: Histogram,
+    /// Of that, waiting for capacity (no Ready pod with a free slot).
+    pub waiting_for_capacity: Histogram,
+    /// Arrival on the queue -> the request's node registered (requests that waited for a node).
+    pub node_registered: Histogram,
+    /// Arrival on the queue -> that node Ready.
+    pub node_ready: Histogram,
+    /// Arrival on the queue -> the request's pod Ready (requests that waited for a pod).
+    pub pod_ready: Histogram,
+    /// Dispatch -> first token.
+    pub first_token: Histogram,
+    /// Arrival on the queue -> final reply.
+    pub total: Histogram,
+    /// Receive from SQS -> the request sent to the model.
+    pub dispatch_overhead: Histogram,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        // 5 ms .. 22 min: from a warm dispatch to a slow cold start with a long answer.
+        let slow = || Histogram::new(exponential_buckets(0.005, 2.0, 19));
+        Phases {
+            queued: slow(),
+            waiting_for_capacity: slow(),
+            node_registered: slow(),
+            node_ready: slow(),
+            pod_ready: slow(),
+            first_token: slow(),
+            total: slow(),
+            // 0.1 ms .. 3.3 s.
+            dispatch_overhead: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+        }
+    }
+}
+
+/// A request being served: its model, the pod it went to (`pods` mode), and how to hand it back.
+#[derive(Debug)]
+struct Running {
+    model: String,
+    pod: Option<PodTarget>,
+    release: watch::Sender<Option<&'static str>>,
 }
 
 /// Shared state of one dispatcher.
 #[derive(Debug, Default)]
 pub struct State {
     in_flight: Mutex<HashMap<String, u32>>,
+    running: Mutex<HashMap<u64, Running>>,
+    next_job: AtomicU64,
+    /// Per-phase timings.
+    pub phases: Phases,
     completed: Mutex<(HashSet<String>, VecDeque<String>)>,
     changed: Notify,
     /// Counters.
@@ -139,6 +205,51 @@ impl State {
     pub fn in_flight_by_model(&self) -> HashMap<String, u32> {
         lock(&self.in_flight).clone()
     }
+
+    /// Requests running on the pod with this UID.
+    fn running_on_pod(&self, uid: &str) -> u32 {
+        let n = lock(&self.running)
+            .values()
+            .filter(|r| r.pod.as_ref().is_some_and(|p| p.uid == uid))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Requests running per node, for the models dispatched to pods.
+    fn running_per_node(&self) -> HashMap<String, u32> {
+        let mut out: HashMap<String, u32> = HashMap::new();
+        for r in lock(&self.running).values() {
+            if let Some(p) = &r.pod {
+                *out.entry(p.node.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    fn start_job(
+        &self,
+        model: &str,
+        pod: Option<PodTarget>,
+    ) -> (u64, watch::Receiver<Option<&'static str>>) {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let (release, released) = watch::channel(None);
+        lock(&self.running).insert(
+            id,
+            Running {
+                model: model.to_owned(),
+                pod,
+                release,
+            },
+        );
+        self.add(model, 1);
+        (id, released)
+    }
+
+    fn end_job(&self, id: u64) {
+        if let Some(r) = lock(&self.running).remove(&id) {
+            self.add(&r.model, -1);
+        }
+    }
 }
 
 /// The Kubernetes caches the dispatcher reads.
@@ -156,12 +267,13 @@ pub struct Dispatcher {
     pub config: ScalerConfig,
     /// SQS.
     pub queue: Arc<dyn Queue>,
-    /// Kubernetes (Node annotations).
-    pub cluster: Arc<dyn Cluster>,
+    /// Kubernetes (Node annotations); `None` without a cluster.
+    pub cluster: Option<Arc<dyn Cluster>>,
     /// Model servers.
     pub model: ModelClient,
-    /// Pods and nodes.
-    pub caches: Caches,
+    /// Pods and nodes; `None` without a cluster: each model's `endpoint` then offers `concurrency`
+    /// slots and is always ready.
+    pub caches: Option<Caches>,
     /// Shared state.
     pub state: Arc<State>,
 }
@@ -176,6 +288,16 @@ struct Job {
     model: ModelConfig,
     message: Message,
     received_at: Instant,
+    /// The pod it goes to (`pods` mode), else the model's endpoint.
+    pod: Option<PodTarget>,
+    /// Turns `Some(reason)` when its pod or node goes away.
+    released: watch::Receiver<Option<&'static str>>,
+}
+
+/// Why a request stopped before its model answered.
+enum Stop {
+    Shutdown,
+    Released(&'static str),
 }
 
 impl Dispatcher {
@@ -191,9 +313,12 @@ impl Dispatcher {
                 self.clone().model_loop(model, shutdown.clone()),
             ));
         }
-        tasks.push(tokio::spawn(
-            self.clone().publish_in_flight(shutdown.clone()),
-        ));
+        if self.caches.is_some() {
+            tasks.push(tokio::spawn(
+                self.clone().publish_in_flight(shutdown.clone()),
+            ));
+            tasks.push(tokio::spawn(self.clone().guard_pods(shutdown.clone())));
+        }
         for t in tasks {
             let _ = t.await;
         }
@@ -207,7 +332,36 @@ impl Dispatcher {
     }
 
     fn pods_and_nodes(&self) -> (Vec<Arc<Pod>>, Vec<Arc<Node>>) {
-        (self.caches.pods.state(), self.caches.nodes.state())
+        match &self.caches {
+            Some(c) => (c.pods.state(), c.nodes.state()),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Free slots of `model` now, per destination: one entry per pod with free slots (`pods` mode),
+    /// or one for the endpoint; and how many pods are Ready at all.
+    fn slots(&self, model: &ModelConfig) -> (Vec<(Option<PodTarget>, u32)>, usize) {
+        let in_flight = self.state.in_flight(&model.name);
+        if self.caches.is_none() {
+            return (vec![(None, model.concurrency.saturating_sub(in_flight))], 1);
+        }
+        let (pods, nodes) = self.pods_and_nodes();
+        let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+        let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
+        let ready = capacity::ready_pods(model, &pod_refs, &node_refs).len();
+        let slots = match model.target {
+            Target::Pods => capacity::free_pod_slots(model, &pod_refs, &node_refs, |uid| {
+                self.state.running_on_pod(uid)
+            })
+            .into_iter()
+            .map(|(p, free)| (Some(p), free))
+            .collect(),
+            Target::Route => vec![(
+                None,
+                capacity::free_slots(model, &pod_refs, &node_refs, in_flight),
+            )],
+        };
+        (slots, ready)
     }
 
     async fn model_loop(self: Arc<Self>, model: ModelConfig, mut shutdown: watch::Receiver<bool>) {
@@ -221,22 +375,14 @@ impl Dispatcher {
         let mut had_capacity = false;
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() {
-            let (pods, nodes) = self.pods_and_nodes();
-            let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-            let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
-            let ready = capacity::ready_pod_nodes(&model, &pod_refs, &node_refs).len();
-            if ready > 0 && !had_capacity {
+            let (mut slots, ready) = self.slots(&model);
+            if ready > 0 && !had_capacity && self.caches.is_some() {
                 lock(&self.state.capacity_since).insert(model.name.clone(), Utc::now());
             }
             had_capacity = ready > 0;
-            let free = capacity::free_slots(
-                &model,
-                &pod_refs,
-                &node_refs,
-                self.state.in_flight(&model.name),
-            );
+            let free: u32 = slots.iter().map(|s| s.1).sum();
             if free == 0 {
-                if ready == 0 {
+                if ready == 0 && self.caches.is_some() {
                     let due = last_wake.is_none_or(|t| {
                         t.elapsed() >= Duration::from_secs(d.wake_interval_s.max(1))
                     });
@@ -268,14 +414,29 @@ impl Dispatcher {
                 Ok(messages) => {
                     backoff = Duration::from_millis(200);
                     for message in messages {
+                        let received_at = Instant::now();
                         self.state.stats.received.fetch_add(1, Ordering::Relaxed);
-                        self.state.add(&model.name, 1);
+                        // The destination with the most free slots (slots stay sorted that way).
+                        slots.sort_by_key(|s| std::cmp::Reverse(s.1));
+                        let Some(slot) = slots.first_mut().filter(|s| s.1 > 0) else {
+                            // Capacity went away between counting and receiving: hand it back.
+                            let _ = self
+                                .queue
+                                .set_visibility(&url, &message.receipt, Duration::ZERO)
+                                .await;
+                            continue;
+                        };
+                        slot.1 -= 1;
+                        let pod = slot.0.clone();
+                        let (id, released) = self.state.start_job(&model.name, pod.clone());
                         let job = Job {
                             model: model.clone(),
                             message,
-                            received_at: Instant::now(),
+                            received_at,
+                            pod,
+                            released,
                         };
-                        tokio::spawn(self.clone().handle(job, shutdown.clone()));
+                        tokio::spawn(self.clone().handle(id, job, shutdown.clone()));
                     }
                 }
                 Err(e) => {
@@ -368,10 +529,9 @@ impl Dispatcher {
             .any(|q| q == reply_to)
     }
 
-    async fn handle(self: Arc<Self>, job: Job, shutdown: watch::Receiver<bool>) {
-        let name = job.model.name.clone();
+    async fn handle(self: Arc<Self>, id: u64, job: Job, shutdown: watch::Receiver<bool>) {
         self.serve(job, shutdown).await;
-        self.state.add(&name, -1);
+        self.state.end_job(id);
     }
 
     async fn refuse(&self, job: &Job, url: &str, reason: &str) {
@@ -385,7 +545,7 @@ impl Dispatcher {
         }
     }
 
-    async fn serve(&self, job: Job, mut shutdown: watch::Receiver<bool>) {
+    async fn serve(&self, mut job: Job, mut shutdown: watch::Receiver<bool>) {
         let Some(url) = job.model.queue_url.clone() else {
             return;
         };
@@ -526,16 +686,28 @@ impl Dispatcher {
             .min(Duration::from_secs(d.max_request_s));
         let overhead = job.received_at.elapsed();
         push_sample(&self.state.stats.dispatch_overhead_us, overhead);
+        self.state
+            .phases
+            .dispatch_overhead
+            .observe(overhead.as_secs_f64());
         let dispatched_at = Utc::now();
         let streaming = request.stream;
-        let endpoint = job.model.endpoint();
+        let endpoint = match job.pod.as_ref().and_then(|p| p.ip.as_deref()) {
+            Some(ip) if ip.contains(':') => format!("http://[{ip}]:{}", job.model.pod_port),
+            Some(ip) => format!("http://{ip}:{}", job.model.pod_port),
+            None => job.model.endpoint(),
+        };
+        let released = &mut job.released;
         let outcome = tokio::select! {
             r = self.model.complete(&endpoint, job.model.api, &request, limit, |p| {
                 if streaming {
                     let _ = pieces_tx.send(p.to_owned());
                 }
-            }) => Some(r),
-            _ = shutdown.changed() => None,
+            }) => Ok(r),
+            _ = shutdown.changed() => Err(Stop::Shutdown),
+            r = released.wait_for(Option::is_some) => {
+                Err(Stop::Released(r.ok().and_then(|r| *r).unwrap_or("released")))
+            }
         };
         drop(pieces_tx);
         keep_hidden.abort();
@@ -544,17 +716,34 @@ impl Dispatcher {
             None => 0,
         };
 
-        let Some(outcome) = outcome else {
-            // Shutting down: hand it back at once.
-            let _ = self
-                .queue
-                .set_visibility(&url, &job.message.receipt, Duration::ZERO)
-                .await;
-            tracing::info!(
-                id = request.id,
-                "shutdown: request handed back to the queue"
-            );
-            return;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(stop) => {
+                // Shutting down, or its pod or node is going away: hand it back at once, so that
+                // another pod (or dispatcher) answers it. Its chunks so far carry this attempt's
+                // number; the client's reassembly drops them when the next attempt starts.
+                let _ = self
+                    .queue
+                    .set_visibility(&url, &job.message.receipt, Duration::ZERO)
+                    .await;
+                match stop {
+                    Stop::Shutdown => tracing::info!(
+                        id = request.id,
+                        "shutdown: request handed back to the queue"
+                    ),
+                    Stop::Released(reason) => {
+                        self.state.stats.released.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            id = request.id,
+                            reason,
+                            pod = job.pod.as_ref().map(|p| p.name.as_str()),
+                            node = job.pod.as_ref().map(|p| p.node.as_str()),
+                            "request handed back to the queue: its pod or node is going away"
+                        );
+                    }
+                }
+                return;
+            }
         };
         let sent_at = job
             .message
@@ -572,13 +761,20 @@ impl Dispatcher {
             Ok(completion) => {
                 let mut reply = Reply::new(&request.id, chunks, ReplyKind::Final, completion.text);
                 reply.model = Some(job.model.name.clone());
-                reply.timings = Some(Timings {
+                let (node_registered_s, node_ready_s, pod_ready_s) =
+                    self.capacity_phases(job.pod.as_ref(), sent_at, dispatched_at);
+                let timings = Timings {
                     queued_s,
                     waiting_for_capacity_s: waited,
+                    node_registered_s,
+                    node_ready_s,
+                    pod_ready_s,
                     first_token_s: completion.first_token.map_or(0.0, |d| d.as_secs_f64()),
                     total_s: (Utc::now() - sent_at).num_milliseconds().max(0) as f64 / 1000.0,
                     attempt,
-                });
+                };
+                self.observe_phases(&timings);
+                reply.timings = Some(timings);
                 match self.send_reply(&reply_to, &reply).await {
                     Ok(()) => {
                         self.state.mark_finished(&request.id);
@@ -644,21 +840,141 @@ impl Dispatcher {
         }
     }
 
+    /// When the request waited for capacity: seconds from its arrival (`sent_at`) until its pod's node
+    /// registered, that node turned Ready, and its pod turned Ready, each only when it happened after
+    /// the arrival and by the dispatch (`pods` mode only: otherwise the pod is not known).
+    fn capacity_phases(
+        &self,
+        pod: Option<&PodTarget>,
+        sent_at: DateTime<Utc>,
+        dispatched_at: DateTime<Utc>,
+    ) -> (Option<f64>, Option<f64>, Option<f64>) {
+        let (Some(target), Some(caches)) = (pod, &self.caches) else {
+            return (None, None, None);
+        };
+        let since = |t: Option<k8s_openapi::jiff::Timestamp>| {
+            t.and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.as_millisecond()))
+                .filter(|t| *t > sent_at && *t <= dispatched_at)
+                .map(|t| (t - sent_at).num_milliseconds() as f64 / 1000.0)
+        };
+        let node = caches
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(target.node.as_str()));
+        let pod = caches
+            .pods
+            .state()
+            .into_iter()
+            .find(|p| p.metadata.uid.as_deref() == Some(target.uid.as_str()));
+        let registered = node
+            .as_ref()
+            .and_then(|n| n.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0);
+        let node_ready = node.as_ref().and_then(|n| {
+            n.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")?
+                .last_transition_time
+                .as_ref()
+                .map(|t| t.0)
+        });
+        let pod_ready = pod.as_ref().and_then(|p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")?
+                .last_transition_time
+                .as_ref()
+                .map(|t| t.0)
+        });
+        (since(registered), since(node_ready), since(pod_ready))
+    }
+
+    fn observe_phases(&self, t: &Timings) {
+        let p = &self.state.phases;
+        p.queued.observe(t.queued_s);
+        p.waiting_for_capacity.observe(t.waiting_for_capacity_s);
+        p.first_token.observe(t.first_token_s);
+        p.total.observe(t.total_s);
+        for (h, v) in [
+            (&p.node_registered, t.node_registered_s),
+            (&p.node_ready, t.node_ready_s),
+            (&p.pod_ready, t.pod_ready_s),
+        ] {
+            if let Some(v) = v {
+                h.observe(v);
+            }
+        }
+    }
+
+    /// Hands back every request whose pod terminates or vanishes, or whose node is tainted
+    /// `zerospot.io/interrupted` or vanishes (`pods` mode), as soon as the watches show it.
+    async fn guard_pods(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            let (pods, nodes) = self.pods_and_nodes();
+            let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
+            for r in lock(&self.state.running).values() {
+                let Some(target) = &r.pod else { continue };
+                if r.release.borrow().is_some() {
+                    continue;
+                }
+                let pod = pods
+                    .iter()
+                    .find(|p| p.metadata.uid.as_deref() == Some(target.uid.as_str()));
+                if let Some(reason) = capacity::pod_doomed(pod.map(AsRef::as_ref), &node_refs) {
+                    let _ = r.release.send(Some(reason));
+                }
+            }
+            tokio::select! {
+                () = self.state.changed.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
     /// Writes work in flight per node to the Node annotations the scaler reads, when it changes.
     async fn publish_in_flight(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
         let mut published: HashMap<String, u32> = HashMap::new();
         while !*shutdown.borrow() {
             let by_model = self.state.in_flight_by_model();
             let (pods, nodes) = self.pods_and_nodes();
             let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-            let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
-            let models: Vec<(&ModelConfig, u32)> = self
+            let routed: Vec<(&ModelConfig, u32)> = self
                 .config
                 .models
                 .iter()
+                .filter(|m| m.target == Target::Route)
                 .map(|m| (m, by_model.get(&m.name).copied().unwrap_or(0)))
                 .collect();
-            let mut now_counts = capacity::in_flight_per_node(&models, &pod_refs, &node_refs);
+            let mut now_counts = capacity::in_flight_per_node(&routed, &pod_refs);
+            // Pods of `pods`-mode models count as idle until a request runs there.
+            for m in self
+                .config
+                .models
+                .iter()
+                .filter(|m| m.target == Target::Pods)
+            {
+                for p in pod_refs.iter().filter(|p| {
+                    capacity::is_model_pod(p, m) && p.metadata.deletion_timestamp.is_none()
+                }) {
+                    if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                        now_counts.entry(node.to_owned()).or_insert(0);
+                    }
+                }
+            }
+            for (node, n) in self.state.running_per_node() {
+                *now_counts.entry(node).or_insert(0) += n;
+            }
             for node in published.keys() {
                 now_counts.entry(node.clone()).or_insert(0);
             }
@@ -686,7 +1002,7 @@ impl Dispatcher {
                 if *count == 0 && before != Some(0) {
                     annotations.push((names::ANNOTATION_IDLE_SINCE, Some(Utc::now().to_rfc3339())));
                 }
-                match self.cluster.annotate(node, &annotations).await {
+                match cluster.annotate(node, &annotations).await {
                     Ok(()) => {
                         published.insert(node.clone(), *count);
                     }

@@ -61,6 +61,17 @@ pub struct Timings {
     pub queued_s: f64,
     /// Of that, waiting for capacity (no Ready pod with a free slot).
     pub waiting_for_capacity_s: f64,
+    /// When it waited for a node: from its arrival until the node that served it registered (the
+    /// instance's launch and boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_registered_s: Option<f64>,
+    /// When it waited for a node: from its arrival until that node was Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ready_s: Option<f64>,
+    /// When it waited for a pod: from its arrival until the pod that served it was Ready (the image
+    /// pulled, the server started, the model loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ready_s: Option<f64>,
     /// From dispatch to the first token.
     pub first_token_s: f64,
     /// From the request's arrival to the final reply.

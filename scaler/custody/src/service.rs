@@ -2,7 +2,8 @@
 //! and `/healthz`, and graceful shutdown.
 //!
 //! # RBAC it needs
-//! nodes: `get list watch patch` (the in-flight annotations); pods: `get list watch`.
+//! nodes: `get list watch patch` (the in-flight annotations); pods: `get list watch`; events: `create`.
+//! Without a cluster ([`run_without_cluster`]) it needs none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub enum ServiceError {
     /// The metrics port could not be opened.
     #[error("listening on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The configuration cannot be used this way.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Runs the dispatcher until `shutdown` resolves, then hands its requests back to the queue.
@@ -82,42 +86,88 @@ pub async fn run(
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| ServiceError::Listen(listen, e))?;
-    let http_state = state.clone();
-    let http = tokio::spawn(async move {
-        use axum::routing::get;
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let s = http_state.clone();
-                    async move { metrics_text(&s) }
-                }),
-            )
-            .route("/healthz", get(|| async { "ok" }));
-        let _ = axum::serve(listener, app).await;
-    });
-
+    let http = serve_http(listen, state.clone()).await?;
     let dispatcher = Arc::new(Dispatcher {
         config,
         queue: Arc::new(SdkQueue::new(aws)),
-        cluster: Arc::new(cluster),
+        cluster: Some(Arc::new(cluster)),
         model: ModelClient::new(),
-        caches: Caches { nodes, pods },
+        caches: Some(Caches { nodes, pods }),
         state,
     });
+    run_until(dispatcher, shutdown).await;
+    nodes_task.abort();
+    pods_task.abort();
+    http.abort();
+    Ok(())
+}
+
+/// Runs the dispatcher without Kubernetes until `shutdown` resolves: each model's `endpoint` (which
+/// must be set) offers `concurrency` slots and is taken as ready; no wake-ups, no Node annotations.
+/// For a single GPU box serving its model servers directly, and for benchmarks.
+pub async fn run_without_cluster(
+    config: ScalerConfig,
+    aws: &aws_config::SdkConfig,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServiceError> {
+    if let Some(m) = config.models.iter().find(|m| m.endpoint.is_none()) {
+        return Err(ServiceError::Config(format!(
+            "model {:?} has no endpoint: without a cluster every model needs one",
+            m.name
+        )));
+    }
+    let state = Arc::new(State::default());
+    let http = serve_http(listen, state.clone()).await?;
+    let dispatcher = Arc::new(Dispatcher {
+        config,
+        queue: Arc::new(SdkQueue::new(aws)),
+        cluster: None,
+        model: ModelClient::new(),
+        caches: None,
+        state,
+    });
+    run_until(dispatcher, shutdown).await;
+    http.abort();
+    Ok(())
+}
+
+async fn run_until(
+    dispatcher: Arc<Dispatcher>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let run = tokio::spawn(dispatcher.run(stop_rx));
     shutdown.await;
     tracing::info!("shutting down: handing requests in flight back to the queue");
     let _ = stop_tx.send(true);
     let _ = run.await;
-    nodes_task.abort();
-    pods_task.abort();
-    http.abort();
-    Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` on `listen`.
+async fn serve_http(
+    listen: SocketAddr,
+    state: Arc<State>,
+) -> Result<tokio::task::JoinHandle<()>, ServiceError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServiceError::Listen(listen, e))?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(%local, "serving /metrics and /healthz");
+    }
+    Ok(tokio::spawn(async move {
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let s = state.clone();
+                    async move { metrics_text(&s) }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }));
+        let _ = axum::serve(listener, app).await;
+    }))
 }
 
 /// The Prometheus text exposition of the dispatcher's counters.
@@ -155,6 +205,11 @@ pub fn metrics_text(state: &State) -> String {
             "Wake-up requests sent through a Knative route",
             &s.wakes,
         ),
+        (
+            "requests_released",
+            "Requests handed back to the queue because their pod or node went away",
+            &s.released,
+        ),
     ] {
         let c: Counter = Counter::default();
         c.inc_by(value.load(Ordering::Relaxed));
@@ -168,6 +223,47 @@ pub fn metrics_text(state: &State) -> String {
     let g: Gauge = Gauge::default();
     g.set(in_flight);
     registry.register("requests_in_flight", "Requests being served now", g);
+    let p = &state.phases;
+    for (name, help, h) in [
+        (
+            "queued_seconds",
+            "Arrival on the queue to dispatch",
+            &p.queued,
+        ),
+        (
+            "waiting_for_capacity_seconds",
+            "Of the time queued, waiting for a Ready pod with a free slot",
+            &p.waiting_for_capacity,
+        ),
+        (
+            "node_registered_seconds",
+            "Arrival to the serving node's registration, for requests that waited for it",
+            &p.node_registered,
+        ),
+        (
+            "node_ready_seconds",
+            "Arrival to the serving node being Ready, for requests that waited for it",
+            &p.node_ready,
+        ),
+        (
+            "pod_ready_seconds",
+            "Arrival to the serving pod being Ready, for requests that waited for it",
+            &p.pod_ready,
+        ),
+        (
+            "first_token_seconds",
+            "Dispatch to the first token",
+            &p.first_token,
+        ),
+        ("total_seconds", "Arrival to the final reply", &p.total),
+        (
+            "dispatch_overhead_seconds",
+            "Receive from SQS to the request sent to the model",
+            &p.dispatch_overhead,
+        ),
+    ] {
+        registry.register(name, help, h.clone());
+    }
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out

@@ -91,6 +91,22 @@ pub enum ModelApi {
     Openai,
 }
 
+/// How the dispatcher reaches a model's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Each request goes to one Ready pod the dispatcher picks, at `http://<pod IP>:<pod_port>`
+    /// (Knative's queue-proxy, as the activator itself sends them). The dispatcher then knows which
+    /// node serves which request: it publishes exact work in flight per node, and hands a request
+    /// back to the queue the moment its pod terminates or its node is tainted `zerospot.io/interrupted`.
+    #[default]
+    Pods,
+    /// Each request goes to `endpoint` (the Knative route, or any load balancer) and something else
+    /// picks the server. In-flight work per node is then attributed conservatively, and a request on
+    /// an interrupted node is retried only once its stream is cut.
+    Route,
+}
+
 /// The dispatcher's settings. Each default says why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -197,6 +213,14 @@ pub struct ModelConfig {
     /// The API its server speaks. Default `ollama`.
     #[serde(default)]
     pub api: ModelApi,
+    /// How requests reach its servers: `pods` (default) or `route` (see [`Target`]). In `pods` mode
+    /// `endpoint` is used only for the wake-up requests that make Knative scale from zero.
+    #[serde(default)]
+    pub target: Target,
+    /// The pods' HTTP port in `pods` mode. Default 8012: Knative's queue-proxy, which enforces
+    /// `containerConcurrency` and reports the load Knative's autoscaler scales on.
+    #[serde(default = "queue_proxy_port")]
+    pub pod_port: u16,
 }
 
 impl ModelConfig {
@@ -213,6 +237,10 @@ impl ModelConfig {
 
 fn one() -> u32 {
     1
+}
+
+fn queue_proxy_port() -> u16 {
+    8012
 }
 
 /// The controller's intervals and limits. Each default says why.

@@ -47,6 +47,20 @@ pub async fn start_scaler(bed: &TestBed, aws: &SdkConfig, config: &str) -> Runni
     .await
 }
 
+/// The `zerospot` binary `cargo test --workspace` built beside this test binary
+/// (target/<profile>/deps/<test> -> target/<profile>/zerospot).
+#[allow(dead_code)]
+pub fn zerospot_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("zerospot");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p zerospot` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
 /// A free loopback port for the scaler's /metrics.
 pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
