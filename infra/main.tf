@@ -56,7 +56,7 @@ module "eks" {
   system_instance_types     = var.system_instance_types
   system_nodes              = var.system_nodes
   function_role_arns        = [module.iam.spot_interruption_role_arn, module.iam.queue_depth_role_arn]
-  function_kubernetes_group = "zerospot-functions"
+  function_kubernetes_group = "zerospot:functions"
 }
 
 module "gpu_pools" {

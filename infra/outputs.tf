@@ -3,7 +3,7 @@ output "cluster_name" {
   value       = module.eks.cluster_name
 }
 
-output "region" {
+output "aws_region" {
   description = "The region everything is in."
   value       = data.aws_region.current.id
 }
@@ -20,7 +20,7 @@ output "dispatcher_role_arn" {
 
 output "functions_kubernetes_group" {
   description = "The Kubernetes group the Lambda functions' roles act as; deploy/ binds its RBAC to it."
-  value       = "zerospot-functions"
+  value       = "zerospot:functions"
 }
 
 output "gpu_asg_names" {

@@ -137,9 +137,9 @@ variable "gpus_per_node" {
 }
 
 variable "mps_replicas" {
-  description = "MPS slots per GPU: the NVIDIA device plugin's sharing.mps.replicas (deploy/ sets the same). Each model pod takes one."
+  description = "MPS slots per GPU: the NVIDIA device plugin's sharing.mps.replicas, which deploy/overlays/mps/nvidia-device-plugin.yaml must repeat (2 there: two 7B models at 4-bit fit a g4dn's 16 GB T4). Each model pod takes one."
   type        = number
-  default     = 4
+  default     = 2
   validation {
     condition     = var.mps_replicas >= 1 && var.mps_replicas <= 48
     error_message = "mps_replicas must be between 1 and 48 (CUDA MPS allows 48 clients per GPU)."

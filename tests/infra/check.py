@@ -297,7 +297,7 @@ def cmd_structure(_args) -> int:
     failures.check(fn_entry.get("kubernetes_groups") == ["${[var.function_kubernetes_group]}"] or fn_entry.get("kubernetes_groups") == ["${var.function_kubernetes_group}"], "the functions' access entries must map them to var.function_kubernetes_group")
     failures.check(("aws_iam_openid_connect_provider", "this") in eks, "IRSA needs the cluster's OIDC provider")
     root = module_calls(INFRA / "main.tf")
-    failures.check(unquote(root.get("eks", {}).get("function_kubernetes_group", "")) == "zerospot-functions", "infra/main.tf: the functions' Kubernetes group is zerospot-functions (deploy/ binds it)")
+    failures.check(unquote(root.get("eks", {}).get("function_kubernetes_group", "")) == "zerospot:functions", "infra/main.tf: the functions' Kubernetes group is zerospot:functions (deploy/ binds it)")
     eks_roles = root.get("eks", {}).get("function_role_arns", "")
     failures.check("spot_interruption_role_arn" in str(eks_roles) and "queue_depth_role_arn" in str(eks_roles), "both functions' roles need an EKS access entry")
     irsa = "\n".join(p.read_text() for p in module_files("iam"))
@@ -307,7 +307,21 @@ def cmd_structure(_args) -> int:
     for o in ("scaler_role_arn", "dispatcher_role_arn", "zerospot_config_yaml", "gpu_asg_names", "request_queue_urls", "reply_queue_url", "cluster_name"):
         failures.check(o in outputs, f"infra/outputs.tf lacks the output {o} (deploy/ and the README use it)")
 
-    # 7. The apply test's root wires every module it shares with infra/main.tf the same way (same
+    # 7. What deploy/ must repeat: the functions' Kubernetes group its RBAC binds, the IRSA ServiceAccounts,
+    #    the MPS replicas the device plugin gives each GPU (the scaler reads them from the node-template
+    #    tags while a pool is at zero, so the two must agree).
+    rbac = REPO / "deploy/base/zerospot/rbac-functions.yaml"
+    failures.check(rbac.exists() and re.search(r"kind: Group\s+name: zerospot:functions", rbac.read_text()) is not None, f"{rbac.relative_to(REPO)} must bind the group zerospot:functions (the functions' access entries)")
+    sas = REPO / "deploy/base/zerospot/serviceaccounts.yaml"
+    sa_text = sas.read_text() if sas.exists() else ""
+    for sa in ("zerospot-scaler", "zerospot-dispatcher"):
+        failures.check(re.search(rf"name: {sa}\s+namespace: zerospot", sa_text) is not None, f"{sas.relative_to(REPO)} lacks ServiceAccount zerospot/{sa} (its IRSA role trusts exactly that)")
+    plugin = REPO / "deploy/overlays/mps/nvidia-device-plugin.yaml"
+    replicas = re.findall(r"replicas:\s*(\d+)", plugin.read_text()) if plugin.exists() else []
+    default = next((v.get("default") for entry in hcl(INFRA / "variables.tf").get("variable", []) for k, v in entry.items() if unquote(k) == "mps_replicas"), None)
+    failures.check(replicas == [str(default)], f"deploy/overlays/mps/nvidia-device-plugin.yaml gives {replicas} MPS replicas, infra/variables.tf's mps_replicas defaults to {default}: the scaler would size a pool at zero wrongly")
+
+    # 8. The apply test's root wires every module it shares with infra/main.tf the same way (same
     #    arguments), so applying it checks the real wiring.
     test_root = module_calls(MOTO_ROOT / "main.tf")
     for name, body in root.items():
