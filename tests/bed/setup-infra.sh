@@ -11,7 +11,7 @@
 # and writes ${CACHE}/infra.env (source it: ZEROSPOT_TF_PYTHON, ZEROSPOT_TF_MIRROR, ZEROSPOT_CHECKOV,
 # BC_SKIP_MAPPING). Everything is built in a side folder and moved into place, so an interrupted run never
 # looks complete. Idempotent: what is already in the cache is skipped (and said so).
-# Measured on 2 cores: cold (empty pip cache) about 1 min 40 s, warm 0.3 s.
+# Measured on 2 cores: cold (empty cache and pip cache) 50 s (checkov alone 37 s), warm under a second.
 # Cache folder: ${ZEROSPOT_CACHE:-$HOME/.cache/zerospot}.
 set -euo pipefail
 
