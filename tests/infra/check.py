@@ -3,6 +3,8 @@
 tests/tests/infra.rs runs them all in order against the test bed's moto.
 
   fmt                      terraform fmt -check over infra/ and tests/infra/moto/
+  validate-root --work DIR terraform init + validate of all of infra/ (root wiring, eks) with provider
+                           3.39, less the arguments and resources it does not know (checked lists)
   structure                parse infra/ (python-hcl2) and zerospot's Rust sources: what the old provider
                            or moto cannot check (see tests/README.md, "infra/ checks")
   apply  --endpoint URL --work DIR [--lambda-dir DIR]
@@ -345,10 +347,18 @@ STRIP = [
     ("functions/main.tf", "architectures", "attr"),
     ("functions/main.tf", "scaling_config", "block"),
     ("functions/main.tf", "function_response_types", "attr"),
+    ("eks/main.tf", "access_config", "block"),
+    ("eks/main.tf", "update_config", "block"),
+]
+# Resources whose type provider 3.39 does not have, removed from the copy (validate-root only; the
+# apply test's root does not call modules/eks).
+DROP_RESOURCES = [
+    ("eks/main.tf", "aws_eks_access_entry"),
 ]
 # Values provider 3.39 refuses, replaced in the copy (its runtime list ends at provided.al2).
 REPLACE = [
     ("functions/main.tf", '"provided.al2023"', '"provided.al2"'),
+    ("eks/main.tf", '"AL2023_x86_64_STANDARD"', '"AL2_x86_64"'),
 ]
 
 
@@ -428,15 +438,12 @@ def stub_zips(dest: Path) -> Path:
     return dest
 
 
-def cmd_apply(args) -> int:
-    failures = Failures()
-    work = Path(args.work)
-    root = work / "root"
+def compat_modules(root: Path, failures: Failures) -> None:
+    """Copies infra/modules to root/modules less what provider 3.39 does not know (STRIP, REPLACE,
+    DROP_RESOURCES); each entry must still match, so the lists cannot rot."""
     if root.exists():
         shutil.rmtree(root)
     shutil.copytree(INFRA / "modules", root / "modules")
-    for f in MOTO_ROOT.glob("*.tf"):
-        shutil.copy(f, root / f.name)
     for rel, name, kind in STRIP:
         p = root / "modules" / rel
         text, n = strip(p.read_text(), name, kind)
@@ -447,6 +454,47 @@ def cmd_apply(args) -> int:
         text = p.read_text()
         failures.check(old in text, f"check.py REPLACE: {old} is no longer in infra/modules/{rel}; remove it from the list")
         p.write_text(text.replace(old, new))
+    for rel, rtype in DROP_RESOURCES:
+        p = root / "modules" / rel
+        text, n = re.subn(rf'\nresource "{rtype}" "[^"]+" \{{\n.*?\n\}}\n', "\n", p.read_text(), flags=re.S)
+        failures.check(n > 0, f"check.py DROP_RESOURCES: no {rtype} in infra/modules/{rel}; remove it from the list")
+        p.write_text(text)
+
+
+def cmd_validate_root(args) -> int:
+    """terraform init + validate of all of infra/ (the root module's wiring and the eks module too) with
+    provider 3.39, less what it does not know; the hashicorp/local provider (write_config_file) is not in
+    the mirror, so its one resource and requirement are left out of the copy as well."""
+    failures = Failures()
+    root = Path(args.work) / "infra"
+    compat_modules(root, failures)
+    for f in INFRA.glob("*.tf"):
+        shutil.copy(f, root / f.name)
+    main = root / "main.tf"
+    text, n = re.subn(r'\nresource "local_file" "config" \{\n.*?\n\}\n', "\n", main.read_text(), flags=re.S)
+    failures.check(n == 1, "infra/main.tf: the local_file resource the copy drops is gone; update check.py")
+    main.write_text(text)
+    versions = root / "versions.tf"
+    text, n = re.subn(r"    local = \{\n.*?\n    \}\n", "", versions.read_text(), flags=re.S)
+    text, m = re.subn(r'version = ">= [0-9.]+, < [0-9.]+"', f'version = "{os.environ.get("ZEROSPOT_TF_AWS_PROVIDER_VERSION", "3.39.0")}"', text)
+    failures.check(n == 1 and m == 1, "infra/versions.tf: the local provider or the AWS version constraint moved; update check.py")
+    versions.write_text(text)
+    env = tf_env(Path(args.work), "http://127.0.0.1:1")
+    for step in (["init", "-input=false", "-no-color"], ["validate", "-no-color"]):
+        code, out, err = terraform(step, chdir=root, env=env)
+        if not failures.check(code == 0, f"terraform {step[0]} of infra/ failed (exit {code}):\n{(out + err)[-6000:]}"):
+            break
+        print(f"terraform {step[0]} (infra/, provider 3.39): ok")
+    return failures.finish("validate-root")
+
+
+def cmd_apply(args) -> int:
+    failures = Failures()
+    work = Path(args.work)
+    root = work / "root"
+    compat_modules(root, failures)
+    for f in MOTO_ROOT.glob("*.tf"):
+        shutil.copy(f, root / f.name)
     (root / "providers.tf").write_text(provider_tf(args.endpoint))
     lambda_dir = Path(args.lambda_dir) if args.lambda_dir else stub_zips(work / "lambda")
     env = tf_env(work, args.endpoint)
@@ -631,13 +679,15 @@ def main() -> int:
     sub.add_parser("fmt")
     sub.add_parser("structure")
     sub.add_parser("checkov")
+    p = sub.add_parser("validate-root")
+    p.add_argument("--work", required=True, help="a scratch folder")
     for name in ("apply", "inspect", "destroy"):
         p = sub.add_parser(name)
         p.add_argument("--endpoint", required=True, help="moto's URL")
         p.add_argument("--work", required=True, help="a scratch folder (state, logs, outputs.json)")
         p.add_argument("--lambda-dir", help="folder with <fn>/bootstrap.zip (default: stub zips)")
     args = parser.parse_args()
-    return {"fmt": cmd_fmt, "structure": cmd_structure, "apply": cmd_apply, "inspect": cmd_inspect, "destroy": cmd_destroy, "checkov": cmd_checkov}[args.command](args)
+    return {"validate-root": cmd_validate_root, "fmt": cmd_fmt, "structure": cmd_structure, "apply": cmd_apply, "inspect": cmd_inspect, "destroy": cmd_destroy, "checkov": cmd_checkov}[args.command](args)
 
 
 if __name__ == "__main__":

