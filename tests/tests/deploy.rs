@@ -520,10 +520,19 @@ async fn overlays_wire_the_configuration_the_models_and_the_gpus_together() {
                     "{name} cannot run in {}",
                     p.name
                 );
-                assert_eq!(
-                    p.node_selector.as_deref(),
-                    Some(format!("zerospot.io/pool={}", p.name).as_str()),
-                    "the scaler must watch the nodes the models are placed on"
+                // The scaler watches the pool's nodes by its node_selector, or by default by
+                // eks.amazonaws.com/nodegroup=<pool>; infra/ puts both labels on them.
+                let selector = p
+                    .node_selector
+                    .clone()
+                    .unwrap_or_else(|| format!("eks.amazonaws.com/nodegroup={}", p.name));
+                assert!(
+                    [
+                        format!("zerospot.io/pool={}", p.name),
+                        format!("eks.amazonaws.com/nodegroup={}", p.name)
+                    ]
+                    .contains(&selector),
+                    "the scaler must watch the nodes the models are placed on, not {selector}"
                 );
             }
             assert!(
