@@ -1,14 +1,15 @@
-//! `zerospot simulate`: replays a workload through zerospot's policy and its peers and prints cost and
-//! queueing delay side by side (see `scaler/sim/README.md`).
+//! `zerospot simulate`: replays a workload through zerospot's policy and its peers and prints cost (against
+//! a provable lower bound), warm and cold waits, cold starts, flaps, and zerospot's goals side by side (see
+//! `scaler/sim/README.md`).
 
 use crate::Failure;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use zerospot_core::Timing;
 use zerospot_sim::{
-    DemandSignal, PolicyKind, Scenario, Shaping, SharingCurve, instance_type, simulate, workload,
+    DemandSignal, PolicyKind, Scenario, Shaping, SharingCurve, WorkloadClass, instance_type,
+    simulate, workload,
 };
 
 /// Options of `zerospot simulate`.
@@ -52,23 +53,41 @@ pub(crate) struct Args {
     /// Requests one pod serves at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
-    /// Sharing slowdown curve: `small` (llama-1.1b on H100 with MPS) or `7b` (llama-7b).
+    /// Sharing slowdown curve: `small` (llama-1.1b on H100 with MPS) or `7b` (llama-7b). Ignored with
+    /// --sharing.
     #[arg(long, default_value = "small", value_parser = ["small", "7b"])]
     model_shape: String,
+    /// Measured sharing curve: a CSV with the header
+    /// `gpu,driver,date,model,weights_gb,sharing,processes,concurrency,tokens_per_s_each,tokens_per_s_total,ttft_p50_ms,ttft_p99_ms,gpu_mem_mib`;
+    /// the factor for N processes is tokens_per_s_each(N) / tokens_per_s_each(1), at concurrency 1.
+    #[arg(long, value_name = "FILE")]
+    sharing: Option<PathBuf>,
+    /// The model whose rows --sharing uses (needed when the file has more than one).
+    #[arg(long, value_name = "NAME", requires = "sharing")]
+    sharing_model: Option<String>,
+    /// The sharing mode whose rows --sharing uses.
+    #[arg(long, default_value = "mps", value_parser = ["mps", "time-slicing"], requires = "sharing")]
+    sharing_mode: String,
     /// A request that waited longer than this is lost, seconds.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     deadline: f64,
     /// zerospot's idle window, seconds (default: the core policy's default).
     #[arg(long, value_name = "SECONDS")]
     idle_window: Option<u64>,
-    /// What zerospot's controller reports to the core about each queue: `rate-aware` (as shipped: the
-    /// queue with arrival-rate and service-time estimates; the core sizes lanes to keep up and clear the
-    /// backlog within one mean cold start, or within SECONDS with `rate-aware=SECONDS`), `queued` (no
-    /// estimates: every queued request asks for a lane, the core's fallback), or the what-if
-    /// `backlog-per-pod=N` (N queued requests ask for one pod). The signal also paces what the dispatcher
-    /// forwards to Knative.
-    #[arg(long, default_value = "rate-aware", value_name = "SIGNAL")]
+    /// zerospot's headroom: square-root staffing confidence (default: the core policy's default).
+    #[arg(long, value_name = "Z")]
+    headroom: Option<f64>,
+    /// What zerospot's controller reports to the core about each queue: `rate-aware` (the queue with
+    /// arrival-rate and service-time estimates: the core keeps headroom and sizes backlogs for the work)
+    /// or `queued` (no estimates: every queued or in-flight request asks for a lane, the core's fallback).
+    #[arg(long, default_value = "rate-aware", value_parser = ["rate-aware", "queued"])]
     zerospot_demand: String,
+    /// Which of zerospot's goals to check: `dense` (warm waits, cost against fixed-best), `sparse` (cost
+    /// against the bound, longest wait) or `other` (only the goals that hold everywhere). Default: dense
+    /// for a trace at --sample 1 and --time-scale 1 or less, sparse for a trace thinned to 0.1 or less or
+    /// stretched, other otherwise.
+    #[arg(long, value_parser = ["dense", "sparse", "other"])]
+    goals: Option<String>,
     /// How often zerospot's controller calls the core policy, seconds of virtual time.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     tick: f64,
@@ -78,11 +97,11 @@ pub(crate) struct Args {
     /// Largest number of nodes any policy may run.
     #[arg(long, default_value_t = 64)]
     max_nodes: u32,
-    /// Policies to run, comma-separated (the oracle always runs).
+    /// Policies to run, comma-separated (the lower bound is always computed).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "zerospot,always-on,cluster-autoscaler,keda,karpenter"
+        default_value = "zerospot,always-on,fixed-best,cluster-autoscaler,keda,karpenter,hindsight-greedy"
     )]
     policies: Vec<String>,
     /// Print JSON instead of the table.
@@ -94,12 +113,6 @@ pub(crate) struct Args {
     /// Write plots (nodes, queue depth, cumulative cost; PNG and SVG) into this directory.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-}
-
-/// The mean cold start: mean boot plus image pull plus model load.
-fn instance_cold_start(scenario: &Scenario) -> f64 {
-    let c = &scenario.cluster.cloud;
-    (c.boot_min_s + c.boot_max_s) / 2.0 + c.image_pull_s + c.model_load_s
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Failure> {
@@ -128,7 +141,17 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     serving.pod_concurrency = args.concurrency;
     serving.prefill_tokens_per_s = instance.prefill_tokens_per_s;
     serving.decode_tokens_per_s = instance.decode_tokens_per_s;
-    if args.model_shape == "7b" {
+    if let Some(path) = &args.sharing {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::input(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+        serving.curve = SharingCurve::from_csv(
+            &text,
+            &path.display().to_string(),
+            args.sharing_model.as_deref(),
+            &args.sharing_mode,
+        )
+        .map_err(Failure::input)?;
+    } else if args.model_shape == "7b" {
         serving.curve = SharingCurve::h100_llama_7b_mps();
     }
     scenario.cluster.deadline_s = args.deadline;
@@ -138,33 +161,26 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     scenario.policies.always_on_nodes = args.always_on_nodes;
     scenario.policies.zerospot_demand = match args.zerospot_demand.as_str() {
         "queued" => DemandSignal::Queued,
-        "rate-aware" => DemandSignal::RateAware {
-            drain_s: instance_cold_start(&scenario),
+        _ => DemandSignal::RateAware {
             prior_service_s: 5.0,
         },
-        other => match other.split_once('=') {
-            Some(("backlog-per-pod", n)) if n.parse::<u32>().is_ok_and(|n| n >= 1) => {
-                DemandSignal::BacklogPerPod(n.parse::<u32>().unwrap_or(1))
-            }
-            Some(("rate-aware", s)) if s.parse::<f64>().is_ok_and(|s| s >= 1.0) => {
-                DemandSignal::RateAware {
-                    drain_s: s.parse::<f64>().unwrap_or(1.0),
-                    prior_service_s: 5.0,
-                }
-            }
-            _ => {
-                return Err(Failure::input(anyhow::anyhow!(
-                    "--zerospot-demand must be queued, rate-aware[=SECONDS] or backlog-per-pod=N (N >= 1), got {other:?}"
-                )));
-            }
-        },
     };
+    let timing = &mut scenario.policies.zerospot_timing;
     if let Some(idle) = args.idle_window {
-        scenario.policies.zerospot_timing = Timing {
-            idle_window_s: idle,
-            ..Timing::default()
-        };
+        timing.idle_window_s = idle;
     }
+    if let Some(h) = args.headroom {
+        timing.headroom = h;
+    }
+    scenario.class = match args.goals.as_deref() {
+        Some("dense") => WorkloadClass::Dense,
+        Some("sparse") => WorkloadClass::Sparse,
+        Some(_) => WorkloadClass::Other,
+        None if args.trace.is_none() => WorkloadClass::Other,
+        None if args.sample >= 1.0 && args.time_scale <= 1.0 => WorkloadClass::Dense,
+        None if args.sample <= 0.1 || args.time_scale > 1.0 => WorkloadClass::Sparse,
+        None => WorkloadClass::Other,
+    };
     scenario.run = args
         .policies
         .iter()
@@ -180,7 +196,7 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
         .collect::<Result<_, _>>()?;
     scenario.validate().map_err(Failure::input)?;
 
-    let total = scenario.workload.requests.len() as u64 * (scenario.run.len() as u64 + 1);
+    let total = scenario.workload.requests.len() as u64 * scenario.run.len() as u64;
     let progress = AtomicU64::new(0);
     let report = std::thread::scope(|scope| {
         let job = scope.spawn(|| simulate(&scenario, &progress));

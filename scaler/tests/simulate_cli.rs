@@ -27,12 +27,47 @@ fn simulate_json_reports_every_policy_with_the_documented_fields() {
         [
             "zerospot",
             "always-on",
+            "fixed-best",
             "cluster-autoscaler",
             "keda",
             "karpenter",
-            "oracle"
+            "hindsight-greedy"
         ]
     );
+    let bound = doc["lower_bound_usd"].as_f64().expect("lower_bound_usd");
+    assert!(bound > 0.0);
+    assert_eq!(doc["workload_class"], "other");
+    let goals: Vec<&str> = doc["goals"]
+        .as_array()
+        .expect("goals[]")
+        .iter()
+        .filter_map(|g| g["goal"].as_str())
+        .collect();
+    assert_eq!(
+        goals,
+        ["lost requests", "flap rate", "cost x cluster-autoscaler"]
+    );
+    for p in policies {
+        let cost = p["cost_usd"].as_f64().expect("cost_usd");
+        let vs = p["cost_vs_bound"].as_f64().expect("cost_vs_bound");
+        assert!((vs - cost / bound).abs() < 1e-9, "{p}");
+        assert!(p["cost_vs_oracle"].as_f64().is_some(), "today's field kept");
+        for key in ["wait_warm_s", "wait_cold_s"] {
+            let w = &p[key];
+            for f in ["p50", "p95", "p99", "max"] {
+                assert!(w[f].as_f64().is_some(), "{key}.{f} in {p}");
+            }
+            assert!(w["count"].as_u64().is_some(), "{key}.count");
+        }
+        assert_eq!(
+            p["wait_warm_s"]["count"].as_u64().unwrap_or(0)
+                + p["wait_cold_s"]["count"].as_u64().unwrap_or(0),
+            p["completed"].as_u64().unwrap_or(0)
+        );
+        assert!(p["cold_starts"].as_u64().is_some());
+        let flap = p["flap_rate"].as_f64().expect("flap_rate");
+        assert!((0.0..=1.0).contains(&flap));
+    }
     for p in policies {
         let requests = p["requests"].as_u64().expect("requests");
         assert_eq!(
@@ -73,10 +108,11 @@ fn simulate_with_no_arguments_prints_the_table_for_the_synthetic_day() {
     for name in [
         "zerospot",
         "always-on",
+        "fixed-best",
         "cluster-autoscaler",
         "keda",
         "karpenter",
-        "oracle",
+        "hindsight-greedy",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -84,8 +120,72 @@ fn simulate_with_no_arguments_prints_the_table_for_the_synthetic_day() {
         );
     }
     assert!(
+        text.contains("lower bound on any zero-wait policy"),
+        "{text}"
+    );
+    assert!(text.contains("zerospot's goals (other workload)"), "{text}");
+    assert!(
         out.stderr.is_empty(),
         "no progress bar when stderr is not a terminal"
+    );
+}
+
+#[test]
+fn simulate_reads_a_measured_sharing_curve_and_names_a_bad_line() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sim/tests/fixtures/gpu-sharing-sample.csv"
+    );
+    let run = |extra: &[&str]| {
+        zerospot()
+            .args([
+                "simulate",
+                "--json",
+                "--requests",
+                "300",
+                "--policies",
+                "always-on",
+            ])
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let base = run(&[]);
+    let measured = run(&["--sharing", fixture, "--sharing-model", "gemma3:12b"]);
+    assert!(
+        measured.status.success(),
+        "{}",
+        String::from_utf8_lossy(&measured.stderr)
+    );
+    let wait = |o: &std::process::Output| {
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        doc["policies"][0]["queue_delay_s"].clone()
+    };
+    assert_ne!(wait(&base), wait(&measured), "the measured curve is used");
+    // Two models in the file and none named: exit 2 with the choices.
+    let ambiguous = run(&["--sharing", fixture]);
+    assert_eq!(ambiguous.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(
+        err.contains("gemma3:12b, llama3.2:1b") && err.contains("--sharing-model"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\nH200,570,2026-11-29,m,1,mps,one,1,5,5,1,1,1\n",
+            zerospot_sim::SHARING_HEADER
+        ),
+    )
+    .expect("write");
+    let out = run(&["--sharing", bad.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("processes \"one\""),
+        "{err}"
     );
 }
 

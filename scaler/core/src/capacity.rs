@@ -216,7 +216,7 @@ impl Node {
 }
 
 /// A configuration that cannot be acted on.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
     /// Two pools share a name.
     #[error("pool {0:?} is defined twice")]
@@ -261,6 +261,9 @@ pub enum ConfigError {
     /// A model's concurrency or slots per pod is 0.
     #[error("model {0:?}: concurrency and slots_per_pod must be at least 1")]
     ZeroModelSize(String),
+    /// The headroom knob is not a finite number from 0 to 10.
+    #[error("timing.headroom must be a number from 0 to 10, got {0}")]
+    BadHeadroom(f64),
     /// A model pod can never fit on a node of its pool.
     #[error(
         "model {model:?}: a pod needs {needs} slots but a node of pool {pool:?} offers {offers}"

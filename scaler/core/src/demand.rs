@@ -31,6 +31,27 @@ pub struct ModelDemand {
     pub service_time_s: Option<f64>,
 }
 
+/// How many of `queued` requests a dispatcher should hand to the model's route now, given `free_lanes`:
+/// the requests the model's Ready pods and the free slots of GPU-ready nodes can take (capacity already
+/// paid for). Everything that fits goes at once; only the rest is held in the queue, where it is the
+/// demand [`ModelDemand::pods_needed`] sizes new nodes for.
+pub fn forwardable(queued: u64, free_lanes: u64) -> u64 {
+    queued.min(free_lanes)
+}
+
+/// How [`ModelDemand::pods_needed`] turns rate estimates into lanes; from [`crate::policy::Timing`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sizing {
+    /// A backlog worth new nodes is sized to be cleared within this long, seconds.
+    pub drain_s: f64,
+    /// The mean cold start, seconds: a backlog that the lanes already there clear within this long is not
+    /// worth a node, which would arrive after it is gone; and headroom is kept only while at least one
+    /// request is expected within this long.
+    pub cold_start_s: f64,
+    /// Square-root staffing: lanes for an offered load `a` are `a + headroom x sqrt(a)`.
+    pub headroom: f64,
+}
+
 impl ModelDemand {
     /// Whether anything at all asks for this model.
     pub fn is_active(&self) -> bool {
@@ -40,30 +61,55 @@ impl ModelDemand {
             || self.pending_pods > 0
     }
 
-    /// Pods this model needs, never fewer than Knative asks for or than already exist (ready plus pending).
+    /// Lanes (one request at a time each; a pod has `concurrency`) this model's work needs.
     ///
-    /// The work is counted in *lanes* (one lane serves one request at a time; a pod has `concurrency`):
-    /// - Without a rate estimate, every queued or in-flight request gets a lane.
-    /// - With `arrival_rate_per_s` and `service_time_s`, enough lanes to keep up with arrivals and clear
-    ///   the queue within `drain_s` seconds, `ceil(service x (rate + queued / drain_s))`; never fewer
-    ///   than the requests in flight plus one while anything waits, never more than queued plus in flight.
-    ///   A backlog built up during a cold start then asks for the nodes that clear it in about one more
-    ///   cold start, not a node per few requests that arrive after the backlog has gone.
-    ///
-    /// Either way, one queued request gives a pod at once: scale from zero before a pod even pends.
-    pub fn pods_needed(&self, concurrency: u32, drain_s: u64) -> u64 {
+    /// - Without both a rate and a service-time estimate: one lane per queued or in-flight request.
+    /// - With them, the offered load `a = rate x service` and:
+    ///   - *headroom*, even with an empty queue: `ceil(a + headroom x sqrt(a))` lanes (square-root
+    ///     staffing: a new request rarely waits for a lane), while at least one request is expected
+    ///     within a cold start (`rate x cold_start >= 1`; below that a kept lane mostly waits, and the
+    ///     idle window decides);
+    ///   - *backlog*: when the queue outlasts a cold start on the lanes the model has (its Ready pods,
+    ///     beyond the offered load), enough lanes to keep up and clear it within `drain_s`,
+    ///     `ceil(service x (rate + queued / drain_s))`, at most one per queued or in-flight request; a
+    ///     backlog the lanes there clear before a new node could serve is not worth a node;
+    ///   - never fewer than the requests in flight, and one lane as soon as anything waits with none
+    ///     in flight (scale from zero).
+    pub fn lanes_needed(&self, concurrency: u32, sizing: &Sizing) -> u64 {
         let all = self.queued.saturating_add(self.in_flight);
-        let lanes = match (self.rate(), self.service()) {
-            (Some(rate), Some(service)) if self.queued > 0 => {
-                let drain = (drain_s.max(1)) as f64;
-                let wanted = (service * (rate + self.queued as f64 / drain)).ceil();
-                // f64 -> u64 saturates; `wanted` is finite and non-negative here.
-                let wanted = wanted as u64;
-                wanted.max(self.in_flight.saturating_add(1)).min(all)
-            }
-            _ => all,
+        let (Some(rate), Some(service)) = (self.rate(), self.service()) else {
+            return all;
         };
-        let by_work = lanes.div_ceil(u64::from(concurrency.max(1)));
+        let load = rate * service;
+        let headroom = if rate * sizing.cold_start_s >= 1.0 {
+            // f64 -> u64 saturates; finite and non-negative here.
+            (load + sizing.headroom.max(0.0) * load.sqrt()).ceil() as u64
+        } else {
+            0
+        };
+        let have = f64::from(self.actual_scale.unwrap_or(0)) * f64::from(concurrency.max(1));
+        let spare = (have.max(self.in_flight as f64) - load).max(0.0);
+        let backlog = if self.queued as f64 * service > spare * sizing.cold_start_s {
+            let drain = sizing.drain_s.max(1.0);
+            ((service * (rate + self.queued as f64 / drain)).ceil() as u64).min(all)
+        } else {
+            0
+        };
+        let floor = if self.in_flight == 0 {
+            self.queued.min(1)
+        } else {
+            self.in_flight
+        };
+        headroom.max(backlog).max(floor)
+    }
+
+    /// Pods this model needs: its lanes over `concurrency`, never fewer than Knative asks for or than
+    /// already exist (ready plus pending). One queued request gives a pod at once: scale from zero before
+    /// a pod even pends.
+    pub fn pods_needed(&self, concurrency: u32, sizing: &Sizing) -> u64 {
+        let by_work = self
+            .lanes_needed(concurrency, sizing)
+            .div_ceil(u64::from(concurrency.max(1)));
         let by_knative = u64::from(self.desired_scale.unwrap_or(0));
         let by_pods = u64::from(self.actual_scale.unwrap_or(0)) + u64::from(self.pending_pods);
         by_work.max(by_knative).max(by_pods)
@@ -83,82 +129,217 @@ impl ModelDemand {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pods_needed_takes_the_largest_signal() {
-        let d = ModelDemand {
+    const SIZING: Sizing = Sizing {
+        drain_s: 255.0,
+        cold_start_s: 255.0,
+        headroom: 1.5,
+    };
+
+    fn d(queued: u64, in_flight: u64) -> ModelDemand {
+        ModelDemand {
             model: "m".into(),
-            queued: 5,
-            in_flight: 2,
+            queued,
+            in_flight,
             ..Default::default()
-        };
-        assert_eq!(d.pods_needed(4, 255), 2);
-        assert_eq!(d.pods_needed(0, 255), 7, "concurrency 0 is treated as 1");
-        let knative = ModelDemand {
-            desired_scale: Some(3),
-            ..d.clone()
-        };
-        assert_eq!(knative.pods_needed(4, 255), 3);
-        let pending = ModelDemand {
-            actual_scale: Some(2),
-            pending_pods: 2,
-            ..d
-        };
-        assert_eq!(pending.pods_needed(4, 255), 4);
-        assert_eq!(ModelDemand::default().pods_needed(1, 255), 0);
-        assert!(!ModelDemand::default().is_active());
+        }
+    }
+
+    fn with_rate(mut d: ModelDemand, rate: f64, service: f64) -> ModelDemand {
+        d.arrival_rate_per_s = Some(rate);
+        d.service_time_s = Some(service);
+        d
     }
 
     #[test]
-    fn a_rate_estimate_sizes_a_cold_start_backlog_for_the_work_not_the_count() {
-        // 28 requests queued during a cold start at 0.11 requests/s, 5 s each: one lane keeps up.
-        let d = ModelDemand {
-            model: "m".into(),
-            queued: 28,
-            arrival_rate_per_s: Some(0.11),
-            service_time_s: Some(5.0),
+    fn pods_needed_takes_the_largest_signal() {
+        let work = d(5, 2);
+        assert_eq!(work.pods_needed(4, &SIZING), 2);
+        assert_eq!(
+            work.pods_needed(0, &SIZING),
+            7,
+            "concurrency 0 is treated as 1"
+        );
+        let knative = ModelDemand {
+            desired_scale: Some(3),
+            ..work.clone()
+        };
+        assert_eq!(knative.pods_needed(4, &SIZING), 3);
+        let pending = ModelDemand {
+            actual_scale: Some(2),
+            pending_pods: 2,
+            ..work
+        };
+        assert_eq!(pending.pods_needed(4, &SIZING), 4);
+        assert_eq!(ModelDemand::default().pods_needed(1, &SIZING), 0);
+    }
+
+    #[test]
+    fn anything_asking_for_the_model_makes_it_active() {
+        assert!(!ModelDemand::default().is_active());
+        assert!(d(1, 0).is_active());
+        assert!(d(0, 1).is_active());
+        let ds = |n| ModelDemand {
+            desired_scale: Some(n),
             ..Default::default()
         };
-        assert_eq!(d.pods_needed(1, 255), 2, "ceil(5 x (0.11 + 28/255)) = 2");
-        assert_eq!(
-            ModelDemand {
-                arrival_rate_per_s: None,
-                ..d.clone()
-            }
-            .pods_needed(1, 255),
-            28
-        );
-        // Dense traffic: 5.5 requests/s at 3 s each needs 17 lanes, whatever the queue.
-        let dense = ModelDemand {
-            queued: 400,
-            arrival_rate_per_s: Some(5.5),
-            service_time_s: Some(3.0),
-            ..d.clone()
+        assert!(ds(1).is_active());
+        assert!(!ds(0).is_active());
+        let pending = ModelDemand {
+            pending_pods: 1,
+            ..Default::default()
         };
-        assert_eq!(dense.pods_needed(1, 255), 22, "ceil(3 x (5.5 + 400/255))");
-        // Never fewer than in flight + 1 while something waits, never more than all requests.
-        let busy = ModelDemand {
-            queued: 1,
-            in_flight: 6,
-            arrival_rate_per_s: Some(0.0),
-            ..d.clone()
+        assert!(pending.is_active());
+        // A rate estimate or Ready pods alone ask for nothing new.
+        let quiet = ModelDemand {
+            actual_scale: Some(3),
+            arrival_rate_per_s: Some(1.0),
+            ..Default::default()
         };
-        assert_eq!(busy.pods_needed(1, 255), 7);
-        let few = ModelDemand {
-            queued: 2,
-            arrival_rate_per_s: Some(50.0),
-            ..d.clone()
-        };
-        assert_eq!(few.pods_needed(1, 255), 2);
+        assert!(!quiet.is_active());
+    }
+
+    #[test]
+    fn without_estimates_every_request_is_a_lane() {
+        assert_eq!(d(28, 3).lanes_needed(1, &SIZING), 31);
         // Nonsense estimates are ignored.
-        let nan = ModelDemand {
-            arrival_rate_per_s: Some(f64::NAN),
-            ..d.clone()
+        for (rate, service) in [
+            (f64::NAN, 5.0),
+            (0.1, -1.0),
+            (-0.1, 5.0),
+            (0.1, 0.0),
+            (f64::INFINITY, 5.0),
+        ] {
+            assert_eq!(
+                with_rate(d(28, 0), rate, service).lanes_needed(1, &SIZING),
+                28,
+                "{rate} {service}"
+            );
+        }
+        let only_rate = ModelDemand {
+            arrival_rate_per_s: Some(1.0),
+            ..d(4, 0)
         };
-        assert_eq!(nan.pods_needed(1, 255), 28);
-        let negative = ModelDemand {
-            service_time_s: Some(-1.0),
-            ..d
+        assert_eq!(
+            only_rate.lanes_needed(1, &SIZING),
+            4,
+            "both estimates are needed"
+        );
+    }
+
+    #[test]
+    fn headroom_is_square_root_staffing_even_with_an_empty_queue() {
+        // 2 requests/s at 5 s each: 10 lanes of load, 10 + 1.5 sqrt(10) = 14.7, so 15.
+        assert_eq!(with_rate(d(0, 0), 2.0, 5.0).lanes_needed(1, &SIZING), 15);
+        let none = Sizing {
+            headroom: 0.0,
+            ..SIZING
         };
-        assert_eq!(negative.pods_needed(1, 255), 28);
+        assert_eq!(with_rate(d(0, 0), 2.0, 5.0).lanes_needed(1, &none), 10);
+        // Never fewer than what is in flight.
+        assert_eq!(with_rate(d(0, 20), 2.0, 5.0).lanes_needed(1, &SIZING), 20);
+    }
+
+    #[test]
+    fn headroom_lasts_while_a_request_is_expected_within_a_cold_start() {
+        // One request every 200 s: one is expected within 255 s, keep a lane.
+        assert_eq!(
+            with_rate(d(0, 0), 1.0 / 200.0, 5.0).lanes_needed(1, &SIZING),
+            1
+        );
+        // One every 300 s: not expected; the idle window decides.
+        assert_eq!(
+            with_rate(d(0, 0), 1.0 / 300.0, 5.0).lanes_needed(1, &SIZING),
+            0
+        );
+        // Exactly one expected within a cold start still keeps it.
+        assert_eq!(
+            with_rate(d(0, 0), 1.0 / 255.0, 5.0).lanes_needed(1, &SIZING),
+            1
+        );
+    }
+
+    #[test]
+    fn a_backlog_gets_lanes_only_when_it_outlasts_a_cold_start() {
+        // 28 requests queued at 0.11/s, 5 s each, with no pod: the backlog outlasts a cold start
+        // (140 s of work on no spare lane): ceil(5 x (0.11 + 28/255)) = 2.
+        let cold = with_rate(d(28, 0), 0.11, 5.0);
+        assert_eq!(cold.lanes_needed(1, &SIZING), 2);
+        // Two Ready pods (spare 2 - 0.55 lanes) clear 140 s of work in 97 s: no new lane for it, only
+        // the headroom (0.55 + 1.5 sqrt(0.55) = 1.66, so 2).
+        let warm = ModelDemand {
+            actual_scale: Some(2),
+            ..cold.clone()
+        };
+        assert_eq!(warm.lanes_needed(1, &SIZING), 2);
+        let bigger = ModelDemand {
+            queued: 200,
+            ..warm.clone()
+        };
+        assert_eq!(
+            bigger.lanes_needed(1, &SIZING),
+            5,
+            "1,000 s of work outlasts a cold start on 1.45 spare lanes: ceil(5 x (0.11 + 200/255))"
+        );
+        // Concurrency counts a pod's lanes: one pod of 2 lanes is as good as two pods of one.
+        let one_pod = ModelDemand {
+            actual_scale: Some(1),
+            ..cold.clone()
+        };
+        assert_eq!(one_pod.lanes_needed(2, &SIZING), 2);
+        assert_eq!(one_pod.lanes_needed(1, &SIZING), 2);
+        // In-flight requests count as lanes there when pods are not reported.
+        let busy = ModelDemand {
+            in_flight: 3,
+            ..cold.clone()
+        };
+        assert_eq!(busy.lanes_needed(1, &SIZING), 3);
+        // At most one lane per request.
+        let flood = with_rate(d(2, 0), 50.0, 5.0);
+        let no_headroom = Sizing {
+            headroom: 0.0,
+            cold_start_s: 0.001,
+            ..SIZING
+        };
+        assert_eq!(flood.lanes_needed(1, &no_headroom), 2);
+        // Dense traffic from zero: 5.5/s at 3 s, 400 queued: ceil(3 x (5.5 + 400/255)) = 22 for the
+        // backlog, the headroom 16.5 + 1.5 sqrt(16.5) = 22.6 gives 23.
+        let dense = with_rate(d(400, 0), 5.5, 3.0);
+        assert_eq!(dense.lanes_needed(1, &SIZING), 23);
+        assert_eq!(
+            dense.lanes_needed(
+                1,
+                &Sizing {
+                    headroom: 0.0,
+                    ..SIZING
+                }
+            ),
+            22
+        );
+        // A shorter drain asks for more.
+        assert_eq!(
+            dense.lanes_needed(
+                1,
+                &Sizing {
+                    drain_s: 60.0,
+                    headroom: 0.0,
+                    ..SIZING
+                }
+            ),
+            37
+        );
+    }
+
+    #[test]
+    fn one_queued_request_gives_a_lane_from_zero() {
+        let d1 = with_rate(d(1, 0), 0.0, 5.0);
+        assert_eq!(d1.lanes_needed(1, &SIZING), 1);
+        assert_eq!(d1.pods_needed(4, &SIZING), 1);
+    }
+
+    #[test]
+    fn forwarding_fills_paid_for_lanes_and_holds_the_rest() {
+        assert_eq!(forwardable(10, 3), 3);
+        assert_eq!(forwardable(2, 8), 2);
+        assert_eq!(forwardable(0, 8), 0);
     }
 }

@@ -31,23 +31,21 @@
 //! deciding again yields no actions.
 
 use crate::capacity::{self, ConfigError, ModelSpec, Node, NodeState, PoolSpec};
-use crate::demand::ModelDemand;
+use crate::demand::{ModelDemand, Sizing};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
-/// Time limits of the policy, in seconds. Each default says where it comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Time limits and sizing knobs of the policy. Each default says where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Timing {
-    /// How long a node must be idle before it is removed. Default 120 s, tuned with `zerospot simulate`
-    /// on its synthetic day and the Azure LLM conversation trace (300, 180, 150, 120 and 90 s tried): the
-    /// gaps in LLM traffic are mostly either under a minute or far longer than a cold start, so a window
-    /// past two minutes mostly pays for idle GPUs (at 300 s the Azure trace at p = 0.02 costs 1.17x the
-    /// oracle, at 120 s 1.07x, with the same p99 wait). The ski-rental bound (keep an idle node as long
-    /// as a restart costs, 3-5 minutes of billed boot) is the upper end; the Cluster Autoscaler waits
-    /// 10 minutes.
+    /// How long a node must be idle (nothing in flight) before it is removed, when it is not needed.
+    /// Default 255 s, the mean cold start: the ski-rental break-even. Keeping an idle node for one cold
+    /// start costs what a restart would (the new node is billed from launch through boot, image pull and
+    /// model load), so never paying more than twice the best choice in hindsight; shorter windows flapped
+    /// on bursty traffic in `zerospot simulate` (a removal followed by a launch within one cold start).
     pub idle_window_s: u64,
     /// A launching node that is not GPU-ready after this long is replaced. Default 600 s: the Cluster
     /// Autoscaler's `max-node-provision-time` and Karpenter's registration TTL are 15 minutes for any
@@ -59,26 +57,50 @@ pub struct Timing {
     /// one failure can be a single Availability Zone; Karpenter marks an offering unavailable after one
     /// InsufficientInstanceCapacity error and retries it after 3 minutes.
     pub capacity_failure_threshold: u32,
-    /// With an arrival-rate estimate, a queue is sized to be cleared within this long. Default 255 s, the
-    /// mean cold start (boot to GPU-ready, image pull, model load) of a g5 node: a backlog built during one
-    /// cold start is cleared within about one more (see [`crate::demand::ModelDemand::pods_needed`]).
+    /// With an arrival-rate estimate, a backlog worth new nodes is sized to be cleared within this long.
+    /// Default 255 s, the mean cold start of a g5 node: a backlog built during one cold start is cleared
+    /// within about one more (see [`crate::demand::ModelDemand::lanes_needed`]).
     pub backlog_drain_s: u64,
+    /// The mean cold start (launch to a model pod serving on a fresh node), seconds. Default 255 s: a g5
+    /// boots to GPU-ready in 150-240 s (EKS accelerated AMI), then pulls the image (about 40 s) and loads
+    /// the model (about 20 s). A backlog the lanes already there clear within this long gets no new node
+    /// (it would arrive after the backlog is gone); headroom is kept only while at least one request is
+    /// expected within it.
+    pub cold_start_s: u64,
+    /// Square-root staffing: with an offered load of `a` lanes (arrival rate x service time), keep
+    /// `a + headroom x sqrt(a)` lanes. Default 1.5: with Poisson arrivals about 10 % of requests then find
+    /// every lane busy (Halfin-Whitt), and those wait a fraction of a service time, not a cold start; 1.0
+    /// lets a quarter wait, 2.0 costs a third more headroom for 2 %.
+    pub headroom: f64,
 }
 
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            idle_window_s: 120,
+            idle_window_s: 255,
             launch_timeout_s: 600,
             capacity_failure_window_s: 600,
             capacity_failure_threshold: 2,
             backlog_drain_s: 255,
+            cold_start_s: 255,
+            headroom: 1.5,
+        }
+    }
+}
+
+impl Timing {
+    /// The sizing knobs [`ModelDemand::lanes_needed`] takes.
+    pub fn sizing(&self) -> Sizing {
+        Sizing {
+            drain_s: self.backlog_drain_s as f64,
+            cold_start_s: self.cold_start_s as f64,
+            headroom: self.headroom,
         }
     }
 }
 
 /// What the policy works with that does not change from one decision to the next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// GPU pools, in order of preference.
     pub pools: Vec<PoolSpec>,
@@ -90,9 +112,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// Checks that pools and models fit together; call once before deciding.
+    /// Checks that pools and models fit together and the sizing knobs make sense; call once before
+    /// deciding.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        capacity::validate(&self.pools, &self.models)
+        capacity::validate(&self.pools, &self.models)?;
+        let h = self.timing.headroom;
+        if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
+            return Err(ConfigError::BadHeadroom(h));
+        }
+        Ok(())
     }
 }
 
@@ -283,6 +311,7 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
     let idle_window = secs(timing.idle_window_s);
     let launch_timeout = secs(timing.launch_timeout_s);
     let failure_window = secs(timing.capacity_failure_window_s);
+    let sizing = timing.sizing();
     let mut decision = Decision::default();
 
     let pool_index: HashMap<&str, usize> = config
@@ -308,7 +337,7 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         let Some(&pi) = pool_index.get(model.pool.as_str()) else {
             continue;
         };
-        let pods = d.pods_needed(model.concurrency, timing.backlog_drain_s);
+        let pods = d.pods_needed(model.concurrency, &sizing);
         if pods > 0 {
             demand[pi].add(
                 model.mig_profile.as_deref(),
@@ -492,6 +521,46 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             );
         }
 
+        // Consolidation: when no node is on its way in or out and the ready nodes that stay exceed what
+        // the work needs (headroom included) by two, the least-loaded busy one stops taking work and goes
+        // once its requests are done. Nodes launched within the idle window are left to settle.
+        let ready_usable = ready_now as u32;
+        let staying = ready_usable - removed.len() as u32;
+        let settled = |n: &Node| now - n.launched_at >= idle_window;
+        let mut consolidating: Option<&Node> = None;
+        if unusable_left == 0
+            && saturate(usable_count[pi]) == ready_usable
+            && staying >= keep_usable.saturating_add(2)
+        {
+            consolidating = pool_nodes
+                .iter()
+                .copied()
+                .filter(|n| usable(n) && n.state == NodeState::GpuReady)
+                .filter(|n| n.in_flight > 0 && settled(n))
+                .min_by(|a, b| {
+                    a.in_flight
+                        .cmp(&b.in_flight)
+                        .then_with(|| b.launched_at.cmp(&a.launched_at))
+                        .then_with(|| a.instance_id.cmp(&b.instance_id))
+                });
+        }
+        if let Some(node) = consolidating {
+            let reason = format!(
+                "consolidating: {needed} nodes needed, {staying} ready; its {} requests finish here",
+                node.in_flight
+            );
+            node_actions.push(Action::Cordon {
+                instance_id: node.instance_id.clone(),
+                node: node.name.clone(),
+                reason: reason.clone(),
+            });
+            node_actions.push(Action::Drain {
+                instance_id: node.instance_id.clone(),
+                node: node.name.clone(),
+                reason,
+            });
+        }
+
         // Scale-in protection for the nodes that stay.
         let going: HashSet<&str> = node_actions
             .iter()
@@ -499,6 +568,7 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
                 Action::Terminate { instance_id, .. } => Some(instance_id.as_str()),
                 _ => None,
             })
+            .chain(consolidating.map(|n| n.instance_id.as_str()))
             .collect();
         for node in pool_nodes.iter() {
             let leaving = going.contains(node.instance_id.as_str());

@@ -353,6 +353,161 @@ fn a_cold_start_backlog_asks_for_the_nodes_that_clear_it_not_one_per_request() {
     );
 }
 
+fn roomy_config() -> Config {
+    config(
+        vec![spot_pool("gpu").mps(2).max(10)],
+        vec![model("llama", "gpu"), model("qwen", "gpu")],
+    )
+}
+
+fn busy_pool(in_flight: &[u32]) -> Snapshot {
+    let mut s = snapshot().desired("gpu", in_flight.len() as u32);
+    for (i, n) in in_flight.iter().enumerate() {
+        let mut node = ready(&format!("i-{i}"), "gpu").in_flight(*n).protected();
+        node.launched_at = at(i as i64);
+        s = s.node(node);
+    }
+    s
+}
+
+#[test]
+fn consolidates_the_least_loaded_busy_node_when_two_more_than_needed_are_ready() {
+    // Four nodes of 2 slots each hold 4 requests; 2 requests/s at 1 s need 2 + 1.5 sqrt(2) = 4.1, so 5
+    // lanes: 3 nodes. Ready 4 is not 2 above that: nothing moves.
+    let c = roomy_config();
+    let s = busy_pool(&[1, 1, 1, 1])
+        .rate("llama", 2.0, 1.0)
+        .in_flight("llama", 4);
+    let d = decide(&s, &c, at(1000));
+    assert!(d.actions.is_empty(), "{:?}", kinds(&d));
+    // At 0.5 requests/s: 0.5 + 1.5 sqrt(0.5) = 1.56, so 2 lanes, but 6 in flight: 3 nodes, 5 ready.
+    let s = busy_pool(&[1, 1, 1, 1, 2])
+        .rate("llama", 0.5, 1.0)
+        .in_flight("llama", 6);
+    let d = decide(&s, &c, at(1000));
+    assert_eq!(
+        kinds(&d),
+        vec!["protect i-3 false", "cordon i-3", "drain i-3"],
+        "the least loaded (not i-4), the newest of equals; its request finishes there"
+    );
+    assert_eq!(d.desired("gpu"), Some(5), "no launch, no removal yet");
+    assert!(
+        matches!(&d.actions[1], zerospot_core::Action::Cordon { reason, .. } if reason.contains("consolidating")),
+        "{:?}",
+        d.actions[1]
+    );
+    // Once applied, deciding again changes nothing while its request runs, then removes it.
+    let mut after = s.clone();
+    after.apply(&d);
+    let again = decide(&after, &c, at(1001));
+    assert!(again.actions.is_empty(), "{:?}", kinds(&again));
+    for n in &mut after.nodes {
+        if n.instance_id == "i-3" {
+            n.in_flight = 0;
+            n.idle_since = Some(at(1010));
+        }
+    }
+    let done = decide(&after, &c, at(1011));
+    assert_eq!(terminated(&done), vec!["i-3"]);
+    assert_eq!(done.desired("gpu"), Some(4));
+}
+
+#[test]
+fn does_not_consolidate_while_nodes_come_go_or_settle() {
+    let c = roomy_config();
+    let base = || {
+        busy_pool(&[1, 1, 1, 1, 2])
+            .rate("llama", 0.5, 1.0)
+            .in_flight("llama", 6)
+    };
+    let cordons = |d: &Decision| kinds(d).iter().filter(|k| k.starts_with("cordon")).count();
+    assert_eq!(cordons(&decide(&base(), &c, at(1000))), 1);
+    // A node launching: the pool is growing.
+    let s = base()
+        .node(launching("i-new", "gpu", at(990)))
+        .desired("gpu", 6);
+    assert_eq!(cordons(&decide(&s, &c, at(1000))), 0);
+    // Three more than needed but the least loaded launched within the idle window: the next one goes.
+    let mut s = base();
+    s.nodes[3].launched_at = at(900);
+    let d = decide(&s, &c, at(1000));
+    assert!(
+        kinds(&d).contains(&"cordon i-2".to_string()),
+        "{:?}",
+        kinds(&d)
+    );
+    // Only one more than needed: nothing.
+    let s = busy_pool(&[1, 1, 1, 1])
+        .rate("llama", 0.5, 1.0)
+        .in_flight("llama", 4)
+        .in_flight("qwen", 1);
+    assert_eq!(cordons(&decide(&s, &c, at(1000))), 0);
+    // A node already draining.
+    let mut s = base();
+    s.nodes[0].cordoned = true;
+    s.nodes[0].draining = true;
+    s.nodes[0].protected = false;
+    assert_eq!(cordons(&decide(&s, &c, at(1000))), 0);
+    // Every node launched within the idle window: let them settle.
+    let window = c.timing.idle_window_s as i64;
+    assert_eq!(cordons(&decide(&base(), &c, at(window - 1))), 0);
+    assert_eq!(cordons(&decide(&base(), &c, at(window + 4))), 1);
+    // Idle nodes are left to the idle window, not drained.
+    let s = busy_pool(&[0, 0, 0, 0, 0]).rate("llama", 0.5, 1.0);
+    assert_eq!(cordons(&decide(&s, &c, at(1000))), 0);
+}
+
+#[test]
+fn headroom_keeps_an_idle_node_while_requests_keep_coming() {
+    let c = mps_config();
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").idle_since(at(0)).protected())
+        .rate("llama", 0.02, 5.0);
+    let window = c.timing.idle_window_s as i64;
+    let d = decide(&s, &c, at(window * 4));
+    assert!(
+        terminated(&d).is_empty(),
+        "one request every 50 s: {:?}",
+        kinds(&d)
+    );
+    assert_eq!(d.desired("gpu"), Some(1));
+    // One every 20 minutes: the idle window decides.
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").idle_since(at(0)).protected())
+        .rate("llama", 1.0 / 1200.0, 5.0);
+    assert_eq!(terminated(&decide(&s, &c, at(window))), vec!["i-1"]);
+}
+
+#[test]
+fn the_headroom_knob_is_validated() {
+    for bad in [f64::NAN, -0.5, 10.5, f64::INFINITY] {
+        let mut c = mps_config();
+        c.timing.headroom = bad;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("timing.headroom must be a number from 0 to 10"),
+            "{e}"
+        );
+    }
+    for good in [0.0, 1.5, 10.0] {
+        let mut c = mps_config();
+        c.timing.headroom = good;
+        assert!(c.validate().is_ok(), "{good}");
+    }
+    // A bad pool is still reported first.
+    let mut c = config(vec![spot_pool("gpu").mps(0)], vec![]);
+    c.timing.headroom = f64::NAN;
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("sharing offers no slots")
+    );
+}
+
 #[test]
 fn notes_demand_for_models_it_does_not_know() {
     let d = decide(&snapshot().queued("mystery", 3), &mps_config(), at(0));

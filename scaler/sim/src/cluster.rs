@@ -10,17 +10,23 @@
 //! - Model pods take one MPS slot each. Pods are placed bin-packing (on the node with most pods that has a
 //!   free slot), load their model (plus the image pull on a node's first pod), then serve `pod_concurrency`
 //!   requests at a time.
+//! - Processor sharing: a request's prefill runs at the single-process rate, its decode at the sharing
+//!   curve's per-process rate for the number of requests on the GPU *now*; every start or end on a node
+//!   re-times the others.
 //! - When a node dies (Spot interruption after the two-minute notice), requests in flight on it go back to
 //!   the front of their queue and count as requeued; the request is served again from the start.
+//! - Waits are split by what the request found: *warm* if its model had a Ready pod when it arrived and
+//!   no cold request was waiting ahead of it; *cold* otherwise (it waited for a cold start, or behind
+//!   requests that did).
 //! - Billing: per second from launch to termination, with a 60-second minimum; failed launches are free.
 
 use crate::cloud::Cloud;
+use crate::knative::{KnativeParams, Kpa};
 use crate::rng::Rng;
 use crate::serving::Serving;
 use crate::workload::{Request, Workload};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use zerospot_core::ModelDemand;
 
 /// What a scheduled event does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,8 +37,9 @@ pub(crate) enum Ev {
     LaunchFailed(u32),
     /// A pod finished loading its model: `(node, slot)`.
     PodReady(u32, u8),
-    /// A request finished: `(request, attempt)`.
-    Complete(u32, u8),
+    /// A request finishes, unless its node's load changed since this was scheduled: `(request,
+    /// version)`.
+    Complete(u32, u16),
     /// A Spot interruption notice for the node.
     Notice(u32),
     /// The node is terminated by EC2 (end of the notice).
@@ -68,6 +75,16 @@ pub(crate) struct ReqInfo {
     pub interrupted_by: u32,
     /// When the current attempt started (while running).
     pub started_at: f64,
+    /// Bumped whenever the request's finish time is re-computed; stale completions are ignored.
+    pub version: u16,
+    /// Prefill left, seconds (while running; prefill is not slowed by sharing).
+    pub prefill_left: f64,
+    /// Tokens left to generate (while running).
+    pub decode_left: f64,
+    /// When `prefill_left` and `decode_left` were last brought up to date.
+    pub progress_at: f64,
+    /// Arrived while its model had no Ready pod, or queued behind such a request.
+    pub cold: bool,
 }
 
 /// A model pod in one MPS slot.
@@ -104,6 +121,10 @@ pub(crate) struct SimNode {
     pub empty_since: f64,
     /// Always-on: which chunk of the fixed layout this node carries.
     pub layout_chunk: Option<u32>,
+    /// Per-process decode speed factor the running requests progress at now (processor sharing).
+    pub factor: f64,
+    /// Cluster Autoscaler: since when the node has been a scale-down candidate (`INFINITY`: not one).
+    pub unneeded_since: f64,
 }
 
 impl SimNode {
@@ -135,27 +156,37 @@ pub(crate) struct Asg {
 
 /// Window of the arrival-rate estimate, seconds.
 const RATE_WINDOW_S: f64 = 60.0;
+/// Pseudo-time added to the rate estimate's observed window, seconds: one request seen in the first
+/// second is a rate of 1/10 per second, not 1 per second.
+const RATE_PRIOR_S: f64 = 10.0;
+/// Time constant over which the service-time estimate forgets old completions, seconds: after ten
+/// minutes without any it is back to the prior.
+const SERVICE_MEMORY_S: f64 = 600.0;
 
-/// What zerospot's controller reports to the core's `decide` about each model's queue (and how the
-/// dispatcher paces what it forwards to Knative).
+/// What zerospot's controller reports to the core's `decide` about each model's queue.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DemandSignal {
     /// No rate estimate: every queued request (SQS visible messages) counts as a lane of work, the core's
     /// fallback when the controller has no arrival-rate or service-time figures.
     Queued,
-    /// What-if: `ceil(queued / n)`, so `n` queued requests ask for one pod.
-    BacklogPerPod(u32),
-    /// As shipped: the controller reports the raw queue with its arrival-rate estimate (decayed over 60 s)
-    /// and service-time estimate (weighted over completions, starting from `prior_service_s`), and the
-    /// core sizes lanes to keep up with arrivals and clear the backlog within `drain_s`
-    /// (`ModelDemand::pods_needed`). The dispatcher forwards to Knative only as many requests as those
-    /// lanes take.
+    /// The queue with an arrival-rate estimate (decayed over 60 s, with 10 s of prior silence so that the
+    /// first requests do not read as a flood) and a service-time estimate (completions weighted by age
+    /// over 10 minutes, with `prior_service_s` counted as one completion).
     RateAware {
-        /// Backlog drain horizon, seconds: the core's `Timing::backlog_drain_s` (the mean cold start).
-        drain_s: f64,
         /// Service time assumed before any request completed, seconds.
         prior_service_s: f64,
     },
+}
+
+/// How queued requests reach Knative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// HTTP straight to Knative: every waiting request sits in the activator and counts as concurrency.
+    Activator,
+    /// zerospot's dispatcher: requests stay in SQS; it forwards as many as fit in Ready pods and free
+    /// slots of GPU-ready nodes (capacity already paid for), and keeps one wake-up request in flight for a
+    /// model with no Ready pod.
+    Dispatcher,
 }
 
 /// Who scales pods.
@@ -196,6 +227,17 @@ pub(crate) struct Counters {
     pub billed_s: f64,
     pub cost_usd: f64,
     pub delays: Vec<f32>,
+    pub delays_warm: Vec<f32>,
+    pub delays_cold: Vec<f32>,
+    /// Arrivals that found their model with no Ready pod and no cold request already waiting.
+    pub cold_starts: u32,
+    /// Removals by the policy followed by a launch in the same pool within one cold start.
+    pub flaps: u32,
+    /// Per pool: removal times not yet matched by a launch.
+    pub removals: Vec<VecDeque<f64>>,
+    /// The longest cold episode: from a request finding its model with no Ready pod until the last
+    /// request queued behind it started (or was lost), seconds.
+    pub longest_cold_episode_s: f64,
 }
 
 /// Knobs of the cluster that are the same for every policy.
@@ -209,8 +251,8 @@ pub struct ClusterParams {
     pub deadline_s: f64,
     /// A request requeued more than this many times is lost.
     pub max_attempts: u8,
-    /// Knative: an idle pod is removed after this long (stable window 60 s + scale-to-zero grace 30 s).
-    pub pod_idle_s: f64,
+    /// Knative's Pod Autoscaler.
+    pub knative: KnativeParams,
     /// Largest size of any group or node pool.
     pub max_nodes: u32,
     /// Points in the time series (0: none).
@@ -235,14 +277,26 @@ pub(crate) struct Cluster<'w> {
     pub live: Vec<u32>,
     pub asgs: Vec<Asg>,
     pub pod_scaling: PodScaling,
-    /// What queue zerospot's controller reports (to the core and, through its dispatcher, to Knative).
+    /// What zerospot's controller reports to the core.
     pub demand_signal: DemandSignal,
-    /// Arrival rate estimate per model: `(rate per second, at)`, exponentially decayed (60 s).
+    /// How waiting requests reach Knative.
+    pub intake: Intake,
+    /// Knative's target utilisation for this policy's revisions.
+    pub target_utilization: f64,
+    /// One Pod Autoscaler per model.
+    pub kpa: Vec<Kpa>,
+    /// Cold requests waiting per model.
+    pub cold_queued: Vec<u32>,
+    /// When each model's current cold episode began.
+    cold_since: Vec<f64>,
+    /// Arrival rate estimate per model: `(decayed count, at)`, exponentially decayed (60 s).
     arrival_rate: Vec<(f64, f64)>,
     /// First arrival per model (for the rate estimate's warm-up).
     first_arrival: Vec<f64>,
-    /// Service time estimate per model (exponentially weighted over completions).
-    service_estimate: Vec<f64>,
+    /// Service time estimate per model: `(decayed sum of times, decayed count, at)`.
+    service_estimate: Vec<(f64, f64, f64)>,
+    /// The service-time prior, seconds.
+    prior_service_s: f64,
     /// Pods per model that are placed (loading or ready, not terminating).
     pub pods_placed: Vec<u32>,
     /// Pods per model that are ready and not terminating.
@@ -305,6 +359,11 @@ impl<'w> Cluster<'w> {
                     slot: 0,
                     interrupted_by: 0,
                     started_at: 0.0,
+                    version: 0,
+                    prefill_left: 0.0,
+                    decode_left: 0.0,
+                    progress_at: 0.0,
+                    cold: false,
                 };
                 workload.requests.len()
             ],
@@ -317,9 +376,15 @@ impl<'w> Cluster<'w> {
             asgs: Vec::new(),
             pod_scaling,
             demand_signal: DemandSignal::Queued,
+            intake: Intake::Activator,
+            target_utilization: p.knative.target_utilization,
+            kpa: vec![Kpa::default(); models],
+            cold_queued: vec![0; models],
+            cold_since: vec![0.0; models],
             arrival_rate: vec![(0.0, 0.0); models],
             first_arrival: vec![f64::NAN; models],
-            service_estimate: vec![0.0; models],
+            service_estimate: vec![(0.0, 0.0, 0.0); models],
+            prior_service_s: 5.0,
             pods_placed: vec![0; models],
             pods_ready: vec![0; models],
             pending: vec![0; models],
@@ -329,6 +394,7 @@ impl<'w> Cluster<'w> {
             c: Counters {
                 delays: Vec::with_capacity(workload.requests.len()),
                 interruptions_failed: vec![false],
+                removals: vec![VecDeque::new(); 2],
                 ..Counters::default()
             },
             series: Vec::new(),
@@ -345,11 +411,8 @@ impl<'w> Cluster<'w> {
 
     pub fn set_demand_signal(&mut self, signal: DemandSignal) {
         self.demand_signal = signal;
-        if let DemandSignal::RateAware {
-            prior_service_s, ..
-        } = signal
-        {
-            self.service_estimate.fill(prior_service_s);
+        if let DemandSignal::RateAware { prior_service_s } = signal {
+            self.prior_service_s = prior_service_s;
         }
     }
 
@@ -439,9 +502,22 @@ impl<'w> Cluster<'w> {
             idle_since: self.now,
             empty_since: self.now,
             layout_chunk: None,
+            factor: 1.0,
+            unneeded_since: f64::INFINITY,
         });
         self.live.push(id);
         self.c.scale_ups += 1;
+        if may_fail {
+            let horizon = self.now - self.p.cloud.cold_start_max_s();
+            if let Some(removals) = self.c.removals.get_mut(pool as usize) {
+                while removals.front().is_some_and(|t| *t < horizon) {
+                    removals.pop_front();
+                }
+                if removals.pop_front().is_some() {
+                    self.c.flaps += 1;
+                }
+            }
+        }
         if fails {
             let at = self.now + cloud.capacity_failure_detect_s;
             self.schedule(at, Ev::LaunchFailed(id));
@@ -453,18 +529,6 @@ impl<'w> Cluster<'w> {
                 self.schedule(self.now + interrupt_after, Ev::Notice(id));
             }
         }
-        id
-    }
-
-    /// An instance that is ready at time 0, launched one worst-case cold start earlier (always-on).
-    pub fn prewarmed(&mut self, pool: u8, spot: bool) -> u32 {
-        let id = self.launch_node(pool, spot, false);
-        let node = &mut self.nodes[id as usize];
-        node.launched_at = -self.p.cloud.cold_start_max_s();
-        node.image_ready_at = Some(0.0);
-        let spot = node.spot;
-        self.cost_so_far += self.p.cloud.cold_start_max_s() * self.p.cloud.price_per_s(spot);
-        self.node_ready(id);
         id
     }
 
@@ -562,6 +626,10 @@ impl<'w> Cluster<'w> {
         self.cost_so_far += (billed - ran) * price;
         if by_policy {
             self.c.scale_downs += 1;
+            let pool = self.nodes[id as usize].pool as usize;
+            if let Some(removals) = self.c.removals.get_mut(pool) {
+                removals.push_back(now);
+            }
         }
         self.disrupted = true;
         self.reconcile_pods_after_loss();
@@ -587,7 +655,11 @@ impl<'w> Cluster<'w> {
     fn reconcile_pods_after_loss(&mut self) {
         if self.pod_scaling == PodScaling::Knative {
             for m in 0..self.models {
-                self.knative_scale_up(m);
+                let want = self.kpa[m].desired;
+                let have = self.pods_placed[m] + self.pending[m];
+                if want > have {
+                    self.add_pending(m, want - have);
+                }
             }
         }
         self.schedule_pods();
@@ -595,65 +667,86 @@ impl<'w> Cluster<'w> {
 
     // ----- pods -----
 
-    /// Knative's KPA: enough pods for the work now.
-    /// The queue as zerospot's controller reports it (see [`DemandSignal`]); the raw queue for the peers.
-    pub fn reported_queue(&self, m: usize) -> u64 {
-        let q = self.queues[m].len() as u64;
-        match self.demand_signal {
-            DemandSignal::Queued => q,
-            DemandSignal::BacklogPerPod(n) => q.div_ceil(u64::from(n.max(1))),
-            DemandSignal::RateAware { drain_s, .. } => {
-                if q == 0 {
-                    return 0;
-                }
-                // The same rule the core sizes nodes with: lanes for the work, then what is not yet
-                // running is what the dispatcher forwards.
-                let lanes = self.model_demand(m).pods_needed(1, drain_s as u64);
-                lanes.saturating_sub(self.running[m]).clamp(1, q)
-            }
-        }
-    }
-
     /// The arrival-rate and service-time estimates for model `m`, when the signal uses them.
     pub fn rate_estimates(&self, m: usize) -> Option<(f64, f64)> {
         if !matches!(self.demand_signal, DemandSignal::RateAware { .. }) {
             return None;
         }
-        let (rate, at) = self.arrival_rate[m];
+        let (sum, count, at) = self.service_estimate[m];
+        let fade = (-(self.now - at).max(0.0) / SERVICE_MEMORY_S).exp();
+        let service = (sum * fade + self.prior_service_s) / (count * fade + 1.0);
         if self.first_arrival[m].is_nan() {
-            return Some((0.0, self.service_estimate[m]));
+            return Some((0.0, service));
         }
-        // Bias-corrected: the estimate starts at zero, so scale it up while it is young.
-        let age = self.now - self.first_arrival[m];
-        let warm = 1.0 - (-age.max(1.0) / RATE_WINDOW_S).exp();
-        let lambda = rate * (-(self.now - at) / RATE_WINDOW_S).exp() / warm;
-        Some((lambda, self.service_estimate[m]))
+        let (decayed, at) = self.arrival_rate[m];
+        let count = decayed * (-(self.now - at) / RATE_WINDOW_S).exp();
+        let age = (self.now - self.first_arrival[m]).max(0.0);
+        let observed = RATE_WINDOW_S * (1.0 - (-age / RATE_WINDOW_S).exp());
+        Some((count / (observed + RATE_PRIOR_S), service))
     }
 
-    /// Model `m`'s raw queue, in-flight count and rate estimates, as the controller observes them.
-    pub fn model_demand(&self, m: usize) -> ModelDemand {
-        let estimates = self.rate_estimates(m);
-        ModelDemand {
-            model: String::new(),
-            queued: self.queues[m].len() as u64,
-            in_flight: self.running[m],
-            arrival_rate_per_s: estimates.map(|e| e.0),
-            service_time_s: estimates.map(|e| e.1),
-            ..ModelDemand::default()
+    /// Lanes (pod concurrency) in free slots of GPU-ready schedulable nodes, less those pending pods
+    /// will take: capacity already paid for that no pod uses.
+    pub fn free_slot_lanes(&self) -> u64 {
+        let free: u64 = self
+            .live
+            .iter()
+            .map(|id| &self.nodes[*id as usize])
+            .filter(|n| n.schedulable())
+            .map(|n| n.pods.iter().filter(|p| p.is_none()).count() as u64)
+            .sum();
+        free.saturating_sub(u64::from(self.pending_total))
+            * u64::from(self.p.serving.pod_concurrency.max(1))
+    }
+
+    /// Requests of model `m` waiting where Knative counts them (its activator).
+    pub fn visible_to_knative(&self, m: usize) -> u64 {
+        let q = self.queues[m].len() as u64;
+        match self.intake {
+            Intake::Activator => q,
+            Intake::Dispatcher => {
+                let wake = u64::from(q > 0 && self.pods_ready[m] == 0);
+                zerospot_core::demand::forwardable(q, self.free_slot_lanes()).max(wake)
+            }
         }
     }
 
-    pub fn knative_want(&self, m: usize) -> u32 {
-        let work = self.reported_queue(m) + self.running[m];
-        work.div_ceil(u64::from(self.p.serving.pod_concurrency.max(1))) as u32
+    /// Knative's observed concurrency for model `m`: requests in its pods plus those in the activator.
+    fn knative_observed(&self, m: usize) -> f64 {
+        (self.running[m] + self.visible_to_knative(m)) as f64
     }
 
-    pub fn knative_scale_up(&mut self, m: usize) {
-        let want = self.knative_want(m);
-        let have = self.pods_placed[m] + self.pending[m];
-        if want > have {
-            self.add_pending(m, want - have);
+    /// One Pod Autoscaler decision for every model, and the pods it asks for.
+    pub fn knative_tick(&mut self) {
+        let conc = self.p.serving.pod_concurrency.max(1);
+        let params = KnativeParams {
+            target_utilization: self.target_utilization,
+            ..self.p.knative
+        };
+        for m in 0..self.models {
+            let observed = self.knative_observed(m);
+            let ready = self.pods_ready[m];
+            let desired = self.kpa[m].decide(&params, self.now, observed, ready, conc);
+            self.set_replicas(m, desired);
         }
+    }
+
+    /// The activator's first stat: a model with waiting requests and no pod gets pods at once.
+    fn knative_wake(&mut self, m: usize) {
+        if self.pods_placed[m] + self.pending[m] > 0 {
+            return;
+        }
+        let observed = self.knative_observed(m);
+        if observed <= 0.0 {
+            return;
+        }
+        let params = KnativeParams {
+            target_utilization: self.target_utilization,
+            ..self.p.knative
+        };
+        let conc = self.p.serving.pod_concurrency.max(1);
+        let want = self.kpa[m].wake(observed, conc, &params);
+        self.add_pending(m, want);
     }
 
     pub fn add_pending(&mut self, m: usize, n: u32) {
@@ -790,35 +883,7 @@ impl<'w> Cluster<'w> {
         self.schedule_pods();
     }
 
-    /// Knative's scale-down: pods idle for `pod_idle_s` that the work does not need go, newest node first
-    /// (the ReplicaSet controller deletes the most recently started pods first).
-    pub fn knative_scale_down(&mut self) {
-        let idle = self.p.pod_idle_s;
-        for m in 0..self.models {
-            let want = self.knative_want(m);
-            let surplus_pending = (self.pods_placed[m] + self.pending[m]).saturating_sub(want);
-            self.cancel_pending(m, surplus_pending);
-        }
-        for i in (0..self.live.len()).rev() {
-            let id = self.live[i];
-            for slot in 0..self.slots() as usize {
-                let Some(pod) = self.nodes[id as usize].pods[slot] else {
-                    continue;
-                };
-                let m = pod.model as usize;
-                if pod.ready
-                    && !pod.terminating
-                    && pod.in_flight == 0
-                    && self.now - pod.idle_since >= idle
-                    && self.pods_placed[m] > self.knative_want(m)
-                {
-                    self.retire_pod(id, slot);
-                }
-            }
-        }
-    }
-
-    /// Sets a model's replica count (KEDA/HPA): pending first, then idle pods, then busy pods (gracefully),
+    /// Sets a model's replica count (KEDA/HPA, Knative): pending first, then idle pods, then busy pods (gracefully),
     /// newest node first.
     pub fn set_replicas(&mut self, m: usize, replicas: u32) {
         let have = self.pods_placed[m] + self.pending[m];
@@ -860,23 +925,40 @@ impl<'w> Cluster<'w> {
         if self.first_arrival[m].is_nan() {
             self.first_arrival[m] = self.now;
         }
-        let (rate, at) = self.arrival_rate[m];
+        let (count, at) = self.arrival_rate[m];
         self.arrival_rate[m] = (
-            rate * (-(self.now - at) / RATE_WINDOW_S).exp() + 1.0 / RATE_WINDOW_S,
+            count * (-(self.now - at) / RATE_WINDOW_S).exp() + 1.0,
             self.now,
         );
+        let cold = self.pods_ready[m] == 0 || self.cold_queued[m] > 0;
+        if self.pods_ready[m] == 0 && self.cold_queued[m] == 0 {
+            self.c.cold_starts += 1;
+            self.cold_since[m] = self.now;
+        }
+        if cold {
+            self.cold_queued[m] += 1;
+        }
         let info = &mut self.reqs[r as usize];
         info.state = ReqState::Queued;
         info.queued_since = self.now;
+        info.cold = cold;
         self.queues[m].push_back(r);
         self.queued_total += 1;
-        match self.pod_scaling {
-            PodScaling::Knative => self.knative_scale_up(m),
-            PodScaling::External | PodScaling::Fixed => {}
-        }
         self.dispatch(m);
+        if self.pod_scaling == PodScaling::Knative {
+            self.knative_wake(m);
+        }
         if !self.queues[m].is_empty() {
             self.unmet_demand = true;
+        }
+    }
+
+    /// A cold request of model `m` left the queue; the episode ends with the last one.
+    fn cold_left(&mut self, m: usize) {
+        self.cold_queued[m] -= 1;
+        if self.cold_queued[m] == 0 {
+            let episode = self.now - self.cold_since[m];
+            self.c.longest_cold_episode_s = self.c.longest_cold_episode_s.max(episode);
         }
     }
 
@@ -916,6 +998,9 @@ impl<'w> Cluster<'w> {
         }
         info.state = ReqState::Queued;
         info.queued_since = now;
+        if info.cold {
+            self.cold_queued[m] += 1;
+        }
         self.queues[m].push_front(r);
         self.queued_total += 1;
         self.unmet_demand = true;
@@ -951,6 +1036,9 @@ impl<'w> Cluster<'w> {
                 return;
             };
             self.queued_total -= 1;
+            if self.reqs[r as usize].cold {
+                self.cold_left(m);
+            }
             let waited =
                 self.reqs[r as usize].waited + (self.now - self.reqs[r as usize].queued_since);
             if waited > self.p.deadline_s {
@@ -962,47 +1050,85 @@ impl<'w> Cluster<'w> {
         }
     }
 
+    /// Brings the requests running on node `id` up to now, at the rate they have been progressing.
+    fn progress(&mut self, id: u32) {
+        let now = self.now;
+        let decode = self.p.serving.decode_tokens_per_s * self.nodes[id as usize].factor;
+        for &r in &self.nodes[id as usize].running {
+            let info = &mut self.reqs[r as usize];
+            let mut dt = now - info.progress_at;
+            info.progress_at = now;
+            let prefill = info.prefill_left.min(dt);
+            info.prefill_left -= prefill;
+            dt -= prefill;
+            info.decode_left = (info.decode_left - dt * decode).max(0.0);
+        }
+    }
+
+    /// Sets node `id`'s sharing factor for its load now and re-schedules every request running on it.
+    fn retime(&mut self, id: u32) {
+        let now = self.now;
+        let node = &mut self.nodes[id as usize];
+        node.factor = self.p.serving.curve.factor(node.in_flight.max(1));
+        let decode = self.p.serving.decode_tokens_per_s * node.factor;
+        let running = std::mem::take(&mut node.running);
+        for &r in &running {
+            let info = &mut self.reqs[r as usize];
+            info.version = info.version.wrapping_add(1);
+            let at = now + info.prefill_left + info.decode_left / decode;
+            let version = info.version;
+            self.schedule(at, Ev::Complete(r, version));
+        }
+        self.nodes[id as usize].running = running;
+    }
+
     fn start(&mut self, r: u32, id: u32, slot: usize, waited: f64) {
         let req = self.requests[r as usize];
+        self.progress(id);
         let node = &mut self.nodes[id as usize];
         node.in_flight += 1;
-        let sharing = node.in_flight;
         node.running.push(r);
         if let Some(pod) = node.pods[slot].as_mut() {
             pod.in_flight += 1;
         }
         let m = req.model as usize;
         self.running[m] += 1;
-        let service = self
-            .p
-            .serving
-            .service_s(req.prompt_tokens, req.generated_tokens, sharing);
+        let prefill = f64::from(req.prompt_tokens) / self.p.serving.prefill_tokens_per_s;
         let info = &mut self.reqs[r as usize];
         info.state = ReqState::Running;
         info.started_at = self.now;
         info.waited = waited;
         info.node = id;
         info.slot = slot as u8;
-        let attempt = info.attempt;
-        self.schedule(self.now + service, Ev::Complete(r, attempt));
+        info.prefill_left = prefill;
+        info.decode_left = f64::from(req.generated_tokens);
+        info.progress_at = self.now;
+        self.retime(id);
     }
 
-    pub fn complete(&mut self, r: u32, attempt: u8) {
+    pub fn complete(&mut self, r: u32, version: u16) {
         let info = self.reqs[r as usize];
-        if info.state != ReqState::Running || info.attempt != attempt {
+        if info.state != ReqState::Running || info.version != version {
             return;
         }
         let now = self.now;
         let m = self.requests[r as usize].model as usize;
         let (id, slot) = (info.node, info.slot as usize);
+        self.progress(id);
         self.reqs[r as usize].state = ReqState::Done;
         self.unresolved -= 1;
         self.running[m] -= 1;
         self.c.completed += 1;
         self.c.delays.push(info.waited as f32);
+        if info.cold {
+            self.c.delays_cold.push(info.waited as f32);
+        } else {
+            self.c.delays_warm.push(info.waited as f32);
+        }
         let took = now - info.started_at;
-        let estimate = &mut self.service_estimate[m];
-        *estimate = 0.9 * *estimate + 0.1 * took;
+        let (sum, count, at) = self.service_estimate[m];
+        let fade = (-(now - at).max(0.0) / SERVICE_MEMORY_S).exp();
+        self.service_estimate[m] = (sum * fade + took, count * fade + 1.0, now);
         let node = &mut self.nodes[id as usize];
         node.in_flight -= 1;
         if let Some(pos) = node.running.iter().position(|x| *x == r) {
@@ -1019,6 +1145,7 @@ impl<'w> Cluster<'w> {
                 remove = pod.terminating;
             }
         }
+        self.retime(id);
         if remove {
             self.remove_pod(id, slot);
         }
@@ -1030,6 +1157,9 @@ impl<'w> Cluster<'w> {
         for m in 0..self.models {
             while let Some(r) = self.queues[m].pop_front() {
                 self.queued_total -= 1;
+                if self.reqs[r as usize].cold {
+                    self.cold_left(m);
+                }
                 self.lose(r);
             }
         }

@@ -27,6 +27,16 @@ pub enum SimError {
         /// What is wrong, quoting the offending text.
         reason: String,
     },
+    /// A line of a measured sharing file is malformed.
+    #[error("sharing file {source_name} line {line}: {reason}")]
+    SharingLine {
+        /// File name.
+        source_name: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// The trace has a header but no requests (or nothing survived `--sample`).
     #[error("trace {0} has no requests{1}")]
     EmptyTrace(String, &'static str),
@@ -52,6 +62,7 @@ impl SimError {
         match self {
             SimError::ReadTrace { .. } => "read_trace",
             SimError::TraceLine { .. } => "trace_line",
+            SimError::SharingLine { .. } => "sharing_line",
             SimError::EmptyTrace(..) => "empty_trace",
             SimError::Parameter(_) => "parameter",
             SimError::Config(_) => "config",

@@ -1,20 +1,23 @@
 //! zerospot's discrete-event simulator: replays a request trace through the real scaling policy
 //! (`zerospot_core::decide`) and through models of its peers, on a simulated Spot GPU cluster, and reports
-//! cost and queueing delay side by side with a perfect-foresight oracle.
+//! cost and queueing delay side by side with a provable lower bound on what any zero-wait policy pays.
 //!
 //! - [`workload`]: the Azure trace format, thinning, time stretching, models, the embedded synthetic day.
 //! - [`cloud`]: instance types, prices, boot times, billing, Spot interruptions and capacity failures.
-//! - [`serving`]: MPS slots and service times with the measured sharing slowdown.
-//! - [`cluster`]: the shared cluster mechanics and event loop state.
-//! - [`policies`]: zerospot, always-on, Cluster Autoscaler, KEDA, Karpenter.
-//! - `oracle` (private): the perfect-foresight reference.
-//! - [`report`]: figures, table and JSON; [`plot`]: PNG and SVG plots.
+//! - [`serving`]: MPS slots and service times with the measured sharing slowdown (and a loader for
+//!   measured sharing curves).
+//! - [`cluster`]: the shared cluster mechanics and event loop state; [`knative`]: the Pod Autoscaler.
+//! - [`policies`]: zerospot, always-on, fixed-best, Cluster Autoscaler, KEDA, Karpenter.
+//! - [`bound`]: the lower bound; `oracle` (private): the hindsight-greedy zero-wait schedule.
+//! - [`report`]: figures, goals, table and JSON; [`plot`]: PNG and SVG plots.
 //!
 //! Deterministic: the same scenario and seed give the same report, on any machine. Time is virtual.
 
+pub mod bound;
 pub mod cloud;
 pub mod cluster;
 pub mod error;
+pub mod knative;
 mod oracle;
 pub mod plot;
 pub mod policies;
@@ -23,11 +26,14 @@ pub mod rng;
 pub mod serving;
 pub mod workload;
 
+pub use bound::{LowerBound, lower_bound};
 pub use cloud::{Cloud, INSTANCE_TYPES, InstanceType, instance_type};
 pub use cluster::{ClusterParams, DemandSignal, Sample};
 pub use error::{Result, SimError};
+pub use knative::KnativeParams;
 pub use policies::{PolicyKind, PolicyParams, zerospot_config};
-pub use report::{Delays, PolicyReport, Report};
+pub use report::{Delays, Goal, PolicyReport, Report, WorkloadClass};
+pub use serving::SHARING_HEADER;
 pub use serving::{Serving, SharingCurve};
 pub use workload::{Request, Shaping, Workload};
 
@@ -44,8 +50,11 @@ pub struct Scenario {
     pub cluster: ClusterParams,
     /// Policy knobs.
     pub policies: PolicyParams,
-    /// Which policies to run (the oracle always runs: the others are measured against it).
+    /// Which policies to run (the bound is always computed; the hindsight-greedy schedule runs when
+    /// listed).
     pub run: Vec<PolicyKind>,
+    /// Which of zerospot's goals apply.
+    pub class: WorkloadClass,
     /// Seed for the cloud's randomness (boot times, interruptions, capacity failures).
     pub seed: u64,
 }
@@ -67,12 +76,13 @@ impl Scenario {
                 cloud,
                 deadline_s: 600.0,
                 max_attempts: 3,
-                pod_idle_s: 90.0,
+                knative: KnativeParams::default(),
                 max_nodes: 64,
                 series_points: 0,
             },
             policies: PolicyParams::default(),
             run: PolicyKind::ALL.to_vec(),
+            class: WorkloadClass::Other,
             seed,
         }
     }
@@ -121,45 +131,57 @@ impl Scenario {
     }
 }
 
-/// Runs every requested policy (in parallel threads) and the oracle. `progress` counts processed
-/// arrivals over all policies; the total is `requests x (policies + 1)`.
+/// Runs every requested policy (in parallel threads) and computes the bound. `progress` counts processed
+/// arrivals over all policies; the total is `requests x policies`.
 pub fn simulate(scenario: &Scenario, progress: &AtomicU64) -> Result<Report> {
     scenario.validate()?;
-    let kinds: Vec<PolicyKind> = scenario
-        .run
-        .iter()
-        .copied()
-        .filter(|k| *k != PolicyKind::Oracle)
-        .collect();
+    let mut kinds: Vec<PolicyKind> = Vec::new();
+    for k in &scenario.run {
+        if !kinds.contains(k) {
+            kinds.push(*k);
+        }
+    }
+    kinds.sort_by_key(|k| PolicyKind::ALL.iter().position(|a| a == k));
+    let points = scenario.cluster.series_points;
     let results: Vec<Result<PolicyReport>> = std::thread::scope(|scope| {
         let handles: Vec<_> = kinds
             .iter()
-            .map(|kind| scope.spawn(move || run_policy(scenario, *kind, progress)))
+            .map(|kind| {
+                scope.spawn(move || match kind {
+                    PolicyKind::FixedBest => run_fixed_best(scenario, progress),
+                    _ => run_policy(scenario, *kind, progress),
+                })
+            })
             .collect();
-        let oracle = run_oracle(scenario, progress);
-        let mut out: Vec<Result<PolicyReport>> = handles
+        handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
                     Err(SimError::Parameter("a policy's simulation panicked".into()))
                 })
             })
-            .collect();
-        out.push(Ok(oracle));
-        out
+            .collect()
     });
     let mut policies = results.into_iter().collect::<Result<Vec<_>>>()?;
-    let oracle_cost = policies.last().map_or(0.0, |o| o.cost_usd);
+    let bound = bound::lower_bound(
+        &scenario.workload,
+        &scenario.cluster.cloud,
+        &scenario.cluster.serving,
+        points,
+    );
+    let greedy_cost = policies
+        .iter()
+        .find(|p| p.name == PolicyKind::Greedy.name())
+        .map_or(0.0, |o| o.cost_usd);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     for p in &mut policies {
-        p.cost_vs_oracle = if oracle_cost > 0.0 {
-            p.cost_usd / oracle_cost
-        } else {
-            0.0
-        };
+        p.cost_vs_oracle = ratio(p.cost_usd, greedy_cost);
+        p.cost_vs_bound = ratio(p.cost_usd, bound.cost_usd);
     }
     let cloud = &scenario.cluster.cloud;
-    Ok(Report {
+    let mut report = Report {
         workload: scenario.workload.description.clone(),
+        workload_class: scenario.class,
         requests: scenario.workload.requests.len() as u64,
         horizon_s: scenario.workload.horizon_s,
         instance_type: cloud.instance.name.into(),
@@ -167,11 +189,17 @@ pub fn simulate(scenario: &Scenario, progress: &AtomicU64) -> Result<Report> {
         on_demand_price_per_hour: cloud.instance.on_demand_per_hour,
         cold_start_s: cloud.cold_start_max_s(),
         seed: scenario.seed,
+        lower_bound_usd: bound.cost_usd,
+        lower_bound_node_seconds: bound.node_seconds,
         policies,
-    })
+        goals: Vec::new(),
+        bound_series: bound.series,
+    };
+    report.compute_goals();
+    Ok(report)
 }
 
-fn run_oracle(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
+fn run_greedy(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
     let o = oracle::run(
         &scenario.workload,
         &scenario.cluster.cloud,
@@ -188,16 +216,28 @@ fn run_oracle(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
             cost_usd: o.cost_usd,
         });
     }
+    let n = scenario.workload.requests.len() as u64;
+    let zero = Delays {
+        count: n,
+        ..Delays::default()
+    };
     PolicyReport {
-        name: PolicyKind::Oracle.name().into(),
+        name: PolicyKind::Greedy.name().into(),
         gpu_seconds_billed: o.billed_s,
         gpu_hours_billed: o.billed_s / 3600.0,
         cost_usd: o.cost_usd,
         cost_vs_oracle: 1.0,
-        requests: scenario.workload.requests.len() as u64,
+        cost_vs_bound: 0.0,
+        requests: n,
         completed: o.completed,
         lost: 0,
-        queue_delay_s: Delays::default(),
+        queue_delay_s: zero,
+        wait_warm_s: zero,
+        wait_cold_s: Delays::default(),
+        cold_starts: 0,
+        flap_rate: 0.0,
+        cold_episode_max_s: 0.0,
+        fixed_nodes: None,
         interruptions: 0,
         interruptions_survived: 0,
         requests_requeued: 0,
@@ -210,14 +250,62 @@ fn run_oracle(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
     }
 }
 
+/// Whether a fixed cluster meets the dense wait targets: warm p95 <= 10 s, warm p99 <= 30 s, nothing
+/// lost, and every cold episode over within two cold starts (`cold_start_s`) of its first request: the
+/// fleet is warm one cold start after it could first serve. Without that last condition a cluster too
+/// small to ever catch up with its first backlog would pass, every request after it counting as cold.
+pub fn meets_dense_targets(p: &PolicyReport, cold_start_s: f64) -> bool {
+    p.lost == 0
+        && p.wait_warm_s.p95 <= 10.0
+        && p.wait_warm_s.p99 <= 30.0
+        && p.cold_episode_max_s <= 2.0 * cold_start_s
+}
+
+/// fixed-best: the smallest fixed node count that meets [`meets_dense_targets`], by doubling then
+/// bisection (waits fall as nodes are added); `max_nodes` if none does.
+fn run_fixed_best(scenario: &Scenario, progress: &AtomicU64) -> Result<PolicyReport> {
+    let scratch = AtomicU64::new(0);
+    let cold = scenario.cluster.cloud.cold_start_max_s();
+    let meets_dense_targets = |p: &PolicyReport| meets_dense_targets(p, cold);
+    let max = scenario.cluster.max_nodes.max(1);
+    let try_n = |n: u32| -> Result<PolicyReport> {
+        let mut s = scenario.clone();
+        s.policies.fixed_nodes = Some(n);
+        run_policy(&s, PolicyKind::FixedBest, &scratch)
+    };
+    let mut fail = 0u32;
+    let mut n = 1u32;
+    let mut best = loop {
+        let r = try_n(n)?;
+        if meets_dense_targets(&r) || n == max {
+            break r;
+        }
+        fail = n;
+        n = (n * 2).min(max);
+    };
+    let mut hi = n;
+    while hi - fail > 1 && meets_dense_targets(&best) {
+        let mid = fail + (hi - fail) / 2;
+        let r = try_n(mid)?;
+        if meets_dense_targets(&r) {
+            hi = mid;
+            best = r;
+        } else {
+            fail = mid;
+        }
+    }
+    progress.fetch_add(scenario.workload.requests.len() as u64, Ordering::Relaxed);
+    Ok(best)
+}
+
 /// Runs one policy on the shared cluster model.
 pub fn run_policy(
     scenario: &Scenario,
     kind: PolicyKind,
     progress: &AtomicU64,
 ) -> Result<PolicyReport> {
-    if kind == PolicyKind::Oracle {
-        return Ok(run_oracle(scenario, progress));
+    if kind == PolicyKind::Greedy {
+        return Ok(run_greedy(scenario, progress));
     }
     let workload = &scenario.workload;
     let mut c = Cluster::new(
@@ -227,6 +315,8 @@ pub fn run_policy(
         policies::pod_scaling(kind),
     );
     let mut ctl = Controller::start(kind, &mut c, &scenario.policies, &workload.models)?;
+    let fixed = matches!(kind, PolicyKind::AlwaysOn | PolicyKind::FixedBest);
+    let fixed_nodes = fixed.then(|| c.asgs[0].desired);
     let n = workload.requests.len();
     let stop_at = c.horizon
         + scenario.cluster.deadline_s * f64::from(scenario.cluster.max_attempts)
@@ -254,7 +344,7 @@ pub fn run_policy(
                 Ev::NodeReady(id) => c.node_ready(id),
                 Ev::LaunchFailed(id) => c.launch_failed(id),
                 Ev::PodReady(id, slot) => c.pod_ready(id, slot),
-                Ev::Complete(r, attempt) => c.complete(r, attempt),
+                Ev::Complete(r, version) => c.complete(r, version),
                 Ev::Notice(id) => c.notice(id),
                 Ev::Kill(id) => c.end_node(id, false),
                 // An idle cluster has nothing for a controller to do until the next arrival.
@@ -267,7 +357,7 @@ pub fn run_policy(
         }
         ctl.after_event(&mut c);
         if next == n && c.unresolved == 0 {
-            if kind == PolicyKind::AlwaysOn {
+            if fixed {
                 let end = c.now.max(c.horizon);
                 c.sample_until(end);
                 c.now = end;
@@ -288,23 +378,34 @@ pub fn run_policy(
             cost_usd: c.c.cost_usd,
         });
     }
-    let mut delays = std::mem::take(&mut c.c.delays);
     let survived =
         c.c.interruptions_failed
             .iter()
             .skip(1)
             .filter(|f| !**f)
             .count() as u32;
+    let flap_rate = if c.c.scale_downs > 0 {
+        f64::from(c.c.flaps) / f64::from(c.c.scale_downs)
+    } else {
+        0.0
+    };
     Ok(PolicyReport {
         name: kind.name().into(),
         gpu_seconds_billed: c.c.billed_s,
         gpu_hours_billed: c.c.billed_s / 3600.0,
         cost_usd: c.c.cost_usd,
         cost_vs_oracle: 0.0,
+        cost_vs_bound: 0.0,
         requests: n as u64,
         completed: c.c.completed,
         lost: c.c.lost,
-        queue_delay_s: Delays::of(&mut delays),
+        queue_delay_s: Delays::of(&mut c.c.delays),
+        wait_warm_s: Delays::of(&mut c.c.delays_warm),
+        wait_cold_s: Delays::of(&mut c.c.delays_cold),
+        cold_starts: c.c.cold_starts,
+        flap_rate,
+        cold_episode_max_s: c.c.longest_cold_episode_s,
+        fixed_nodes,
         interruptions: c.c.interruptions,
         interruptions_survived: survived,
         requests_requeued: c.c.requeued,

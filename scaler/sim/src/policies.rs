@@ -1,38 +1,48 @@
-//! The policies compared: zerospot (the real core `decide`), always-on, the Cluster Autoscaler, KEDA and
-//! Karpenter, each as a controller acting on the shared [`crate::cluster`]. The oracle lives in the
-//! `oracle` module.
+//! The policies compared: zerospot (the real core `decide`), always-on, fixed-best, the Cluster
+//! Autoscaler, KEDA and Karpenter, each as a controller acting on the shared [`crate::cluster`]. The
+//! hindsight-greedy schedule lives in the `oracle` module, the lower bound in [`crate::bound`].
 //!
 //! # Models and sources
 //! - **zerospot**: `zerospot_core::decide` called every `tick` (default 2 s) and at once when a request
 //!   finds no free pod (at most once a second), on a Spot notice, on a node's end and on a failed launch (the
 //!   Lambda functions' triggers). The snapshot is built from the simulated groups, nodes (in flight,
-//!   idle since, cordoned, draining, Spot notice) and per-model demand (queued, in flight, Knative's
-//!   desired scale, ready and pending pods); the decision is applied with `Snapshot::apply` and its actions
-//!   carried out (terminate, cordon, drain, protection). Two groups: Spot, falling back to on-demand after
-//!   repeated capacity failures, as the core's configuration says. Pods scale with Knative (below).
-//! - **always-on**: a fixed Spot group sized for the peak: the peak number of requests in service at once
-//!   per model (service at full speed, no queueing), in pods, over the slots of a node. An interrupted
-//!   instance is replaced by the group when it dies. Pods are fixed and warm.
+//!   idle since, cordoned, draining, Spot notice) and per-model demand (queued, in flight, arrival-rate and
+//!   service-time estimates, Knative's desired scale, ready and pending pods); the decision is applied with
+//!   `Snapshot::apply` and its actions carried out (terminate, cordon, drain, protection). Two groups:
+//!   Spot, falling back to on-demand after repeated capacity failures. Requests stay in SQS; the
+//!   dispatcher forwards what fits in Ready pods and in free slots of GPU-ready nodes
+//!   (`zerospot_core::demand::forwardable`), plus one wake-up request for a model with no Ready pod.
+//!   Pods come from Knative's KPA at 100 % target utilisation (the headroom is the core's, in nodes).
+//! - **always-on**: a fixed Spot group, launched at the first request (no pre-warming), sized by a rule
+//!   an operator can apply without foresight of the day: the busiest minute's offered load (arrivals x
+//!   mean service time with every slot busy) plus two standard deviations (`a + 2 sqrt(a)` lanes). An
+//!   interrupted instance is replaced by the group when it dies. Pods are fixed.
+//! - **fixed-best**: the cheapest constant node count, launched at the first request, that meets the dense
+//!   wait targets (warm p95 <= 10 s, warm p99 <= 30 s, nothing lost), found by binary search with
+//!   hindsight: what a perfectly sized static cluster costs.
 //! - **cluster-autoscaler**: Knative pods; the Cluster Autoscaler's documented defaults: `scan-interval`
-//!   10 s; scale up the group by the nodes that pending pods need beyond nodes already launching;
-//!   `scale-down-unneeded-time` 10 min for nodes with no model pod; `scale-down-delay-after-add` 10 min. No
-//!   Spot notice handling (no Node Termination Handler): a node takes work until it dies; the group replaces
-//!   it.
-//! - **keda**: pods from KEDA's `aws-sqs-queue` scaler (queue length target = pod concurrency, in-flight
-//!   messages counted, `pollingInterval` 30 s for activation from zero, HPA sync 15 s with the 300 s
-//!   scale-down stabilization window, `cooldownPeriod` 300 s to zero); nodes from the Cluster Autoscaler as
-//!   above.
+//!   10 s; scale up the group by the nodes that pending pods need beyond nodes already launching; a node is
+//!   unneeded when its slot utilisation is under `scale-down-utilization-threshold` 0.5 (GPU nodes are
+//!   judged on GPU alone) and its pods fit on the other nodes; unneeded for `scale-down-unneeded-time`
+//!   10 min, it goes (empty nodes all at once, one non-empty node drained at a time), never within
+//!   `scale-down-delay-after-add` 10 min of a scale-up. No Node Termination Handler: an interrupted node
+//!   takes work until it dies; the group replaces it.
+//! - **keda**: pods from KEDA's `aws-sqs-queue` scaler (default `queueLength` 5 messages per replica,
+//!   in-flight messages counted, `pollingInterval` 30 s for activation from zero, HPA sync 15 s with the
+//!   300 s scale-down stabilization window, `cooldownPeriod` 300 s to zero); nodes from the Cluster
+//!   Autoscaler as above.
 //! - **karpenter**: Knative pods; pending pods batched (`BATCH_IDLE_DURATION` 1 s, `BATCH_MAX_DURATION`
 //!   10 s); one node per `slots` pending pods beyond in-flight node claims; Spot first, on-demand for 3
 //!   minutes after an insufficient-capacity error; empty nodes removed (`consolidateAfter` 0 s, the v1
 //!   default; the disruption controller polls every 10 s); underutilized nodes consolidated one at a time
-//!   when their pods fit on the other nodes (`WhenEmptyOrUnderutilized`, the v1 default); Spot notices
+//!   when their pods fit on the other nodes (`WhenEmptyOrUnderutilized`, the v1 default); at most 10 % of
+//!   the nodes (rounded up) disrupted at once (the default `budgets: [{nodes: 10%}]`); Spot notices
 //!   handled natively (cordon, drain, replacement pods pend at once).
-//! - **Knative pods** (zerospot, cluster-autoscaler, karpenter): the KPA wants `ceil((queued + in flight) /
-//!   concurrency)` pods and creates them at once; a pod idle for 90 s (stable window 60 s + scale-to-zero
-//!   grace 30 s) that the work does not need goes.
+//! - **Knative pods** (zerospot, cluster-autoscaler, karpenter): [`crate::knative`], the KPA with its
+//!   defaults (60 s stable window at 70 % target utilisation, 6 s panic window at 200 %, 30 s
+//!   scale-to-zero grace).
 
-use crate::cluster::{Asg, Cluster, DemandSignal, Ev, PodScaling};
+use crate::cluster::{Asg, Cluster, DemandSignal, Ev, Intake, PodScaling};
 use crate::error::Result;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use std::collections::VecDeque;
@@ -47,27 +57,30 @@ use zerospot_core::{
 pub enum PolicyKind {
     /// zerospot's core policy.
     Zerospot,
-    /// Fixed nodes for the peak.
+    /// Fixed nodes sized by a rule, launched at the first request.
     AlwaysOn,
+    /// The cheapest fixed cluster that meets the dense wait targets (hindsight search).
+    FixedBest,
     /// Knative + Cluster Autoscaler.
     ClusterAutoscaler,
     /// KEDA SQS scaler + Cluster Autoscaler.
     Keda,
     /// Knative + Karpenter.
     Karpenter,
-    /// Perfect foresight.
-    Oracle,
+    /// The hindsight-greedy zero-wait schedule (formerly called the oracle): a heuristic, not a bound.
+    Greedy,
 }
 
 impl PolicyKind {
     /// Every policy, in report order.
-    pub const ALL: [PolicyKind; 6] = [
+    pub const ALL: [PolicyKind; 7] = [
         PolicyKind::Zerospot,
         PolicyKind::AlwaysOn,
+        PolicyKind::FixedBest,
         PolicyKind::ClusterAutoscaler,
         PolicyKind::Keda,
         PolicyKind::Karpenter,
-        PolicyKind::Oracle,
+        PolicyKind::Greedy,
     ];
 
     /// Its name in tables and JSON.
@@ -75,10 +88,11 @@ impl PolicyKind {
         match self {
             PolicyKind::Zerospot => "zerospot",
             PolicyKind::AlwaysOn => "always-on",
+            PolicyKind::FixedBest => "fixed-best",
             PolicyKind::ClusterAutoscaler => "cluster-autoscaler",
             PolicyKind::Keda => "keda",
             PolicyKind::Karpenter => "karpenter",
-            PolicyKind::Oracle => "oracle",
+            PolicyKind::Greedy => "hindsight-greedy",
         }
     }
 
@@ -95,11 +109,18 @@ pub struct PolicyParams {
     pub zerospot_timing: Timing,
     /// How often zerospot's controller decides, seconds.
     pub zerospot_tick_s: f64,
-    /// Always-on size; `None` sizes it for the peak.
+    /// Always-on size; `None` sizes it by the busiest-minute rule.
     pub always_on_nodes: Option<u32>,
     /// What zerospot's controller reports about each queue: [`DemandSignal::RateAware`] as shipped;
-    /// `Queued` is the core's fallback without rate estimates, `BacklogPerPod` a what-if.
+    /// `Queued` is the core's fallback without rate estimates.
     pub zerospot_demand: DemandSignal,
+    /// Knative's target utilisation on zerospot's model Services. Default 1.0
+    /// (`autoscaling.knative.dev/target-utilization-percentage: "100"`): the dispatcher forwards only what
+    /// fits, so Knative's own 70 % headroom would only ask for pods that pend and pull nodes up with them;
+    /// the headroom is the core's, in nodes.
+    pub zerospot_knative_utilization: f64,
+    /// Fixed-best's size once found (the search sets it).
+    pub fixed_nodes: Option<u32>,
 }
 
 impl Default for PolicyParams {
@@ -109,9 +130,10 @@ impl Default for PolicyParams {
             zerospot_tick_s: 2.0,
             always_on_nodes: None,
             zerospot_demand: DemandSignal::RateAware {
-                drain_s: Timing::default().backlog_drain_s as f64,
                 prior_service_s: 5.0,
             },
+            zerospot_knative_utilization: 1.0,
+            fixed_nodes: None,
         }
     }
 }
@@ -122,9 +144,10 @@ const TICK_CA: u8 = 2;
 const TICK_KEDA: u8 = 3;
 const TICK_KARPENTER_BATCH: u8 = 4;
 const TICK_KARPENTER_DISRUPT: u8 = 5;
+const TICK_FIXED_LAUNCH: u8 = 6;
 
-const KNATIVE_TICK_S: f64 = 2.0;
 const CA_SCAN_S: f64 = 10.0;
+const CA_UTILIZATION_THRESHOLD: f64 = 0.5;
 const CA_UNNEEDED_S: f64 = 600.0;
 const CA_DELAY_AFTER_ADD_S: f64 = 600.0;
 const KEDA_SYNC_S: f64 = 15.0;
@@ -135,6 +158,8 @@ const KARPENTER_BATCH_MAX_S: f64 = 10.0;
 const KARPENTER_DISRUPTION_POLL_S: f64 = 10.0;
 const KARPENTER_CONSOLIDATE_AFTER_S: f64 = 0.0;
 const KARPENTER_ICE_TTL_S: f64 = 180.0;
+const KARPENTER_BUDGET: f64 = 0.10;
+const KEDA_QUEUE_LENGTH: u64 = 5;
 
 pub(crate) const SPOT_POOL: &str = "gpu-spot";
 pub(crate) const ON_DEMAND_POOL: &str = "gpu-on-demand";
@@ -238,18 +263,12 @@ impl ZerospotCtl {
             });
         }
         for (m, d) in self.snapshot.demand.iter_mut().enumerate() {
-            // With rate estimates the core sees the raw queue and sizes it itself; the what-if signals
-            // report an already-shaped queue.
             let estimates = c.rate_estimates(m);
-            d.queued = if estimates.is_some() {
-                c.queues[m].len() as u64
-            } else {
-                c.reported_queue(m)
-            };
+            d.queued = c.queues[m].len() as u64;
             d.arrival_rate_per_s = estimates.map(|e| e.0);
             d.service_time_s = estimates.map(|e| e.1);
             d.in_flight = c.running[m];
-            d.desired_scale = Some(c.knative_want(m));
+            d.desired_scale = Some(c.kpa[m].desired);
             d.actual_scale = Some(c.pods_ready[m]);
             d.pending_pods = c.pending[m];
         }
@@ -331,13 +350,53 @@ impl CaState {
                 c.asg_reconcile(0);
             }
         }
-        if c.now - self.last_scale_up >= CA_DELAY_AFTER_ADD_S {
-            let live = c.live.clone();
-            for id in live {
-                if c.nodes[id as usize].empty_for(c.now, CA_UNNEEDED_S) {
+        // Unneeded: under the utilisation threshold, and its pods fit in the other nodes' free slots.
+        let free: u32 = c
+            .live
+            .iter()
+            .map(|id| &c.nodes[*id as usize])
+            .filter(|n| n.schedulable())
+            .map(|n| n.pods.len() as u32 - n.pod_count() as u32)
+            .sum::<u32>()
+            .saturating_sub(c.pending_total);
+        let live = c.live.clone();
+        for &id in &live {
+            let n = &c.nodes[id as usize];
+            let pods = n.pod_count() as u32;
+            let own_free = n.pods.len() as u32 - pods;
+            let unneeded = n.schedulable()
+                && f64::from(pods) < CA_UTILIZATION_THRESHOLD * f64::from(slots)
+                && pods <= free.saturating_sub(own_free);
+            let n = &mut c.nodes[id as usize];
+            if !unneeded {
+                n.unneeded_since = f64::INFINITY;
+            } else if n.unneeded_since.is_infinite() {
+                n.unneeded_since = c.now;
+            }
+        }
+        if c.now - self.last_scale_up < CA_DELAY_AFTER_ADD_S {
+            return;
+        }
+        let mut drained_one = live.iter().any(|id| c.nodes[*id as usize].draining);
+        for id in live {
+            let n = &c.nodes[id as usize];
+            if n.draining {
+                // A node it drained goes once its requests are done.
+                if n.in_flight == 0 && n.pod_count() == 0 {
                     c.end_node(id, true);
                     c.asgs[0].desired = c.asgs[0].desired.saturating_sub(1);
                 }
+                continue;
+            }
+            if c.now - n.unneeded_since < CA_UNNEEDED_S {
+                continue;
+            }
+            if n.pod_count() == 0 && n.in_flight == 0 {
+                c.end_node(id, true);
+                c.asgs[0].desired = c.asgs[0].desired.saturating_sub(1);
+            } else if !drained_one {
+                drained_one = true;
+                c.drain(id);
             }
         }
     }
@@ -358,7 +417,8 @@ impl KedaState {
         let conc = u64::from(c.p.serving.pod_concurrency.max(1));
         for m in 0..c.models {
             let metric = c.queues[m].len() as u64 + c.running[m];
-            let raw = metric.div_ceil(conc) as u32;
+            let _ = conc;
+            let raw = metric.div_ceil(KEDA_QUEUE_LENGTH) as u32;
             if metric > 0 {
                 self.last_active[m] = c.now;
             }
@@ -399,8 +459,23 @@ impl KarpenterState {
     /// Single-node consolidation (`WhenEmptyOrUnderutilized`): a ready node whose pods fit in the free
     /// slots of the other ready nodes, seen on two polls in a row (Karpenter validates a candidate for 15 s),
     /// is drained; its pods are recreated elsewhere and the empty node goes on the next poll.
+    /// Disruptions the default budget still allows: 10 % of the nodes, rounded up, less those being
+    /// disrupted now.
+    fn budget(c: &Cluster<'_>) -> usize {
+        let nodes = c.live.len();
+        let disrupting = c
+            .live
+            .iter()
+            .filter(|id| {
+                let n = &c.nodes[**id as usize];
+                n.draining && !n.noticed
+            })
+            .count();
+        ((nodes as f64 * KARPENTER_BUDGET).ceil() as usize).saturating_sub(disrupting)
+    }
+
     fn consolidate(&mut self, c: &mut Cluster<'_>) {
-        if c.pending_total > 0 {
+        if c.pending_total > 0 || Self::budget(c) == 0 {
             self.candidate = None;
             return;
         }
@@ -474,19 +549,32 @@ impl KarpenterState {
     }
 
     fn disrupt(&mut self, c: &mut Cluster<'_>) {
-        self.consolidate(c);
         let live = c.live.clone();
-        for id in live {
-            if c.nodes[id as usize].empty_for(c.now, KARPENTER_CONSOLIDATE_AFTER_S) {
+        // Drained nodes go once empty (they are already counted against the budget).
+        for &id in &live {
+            let n = &c.nodes[id as usize];
+            if n.draining && !n.noticed && n.in_flight == 0 && n.pod_count() == 0 {
                 c.end_node(id, true);
             }
         }
+        let mut budget = Self::budget(c);
+        for id in live {
+            if budget == 0 {
+                break;
+            }
+            let n = &c.nodes[id as usize];
+            if !n.gone && !n.draining && n.empty_for(c.now, KARPENTER_CONSOLIDATE_AFTER_S) {
+                c.end_node(id, true);
+                budget -= 1;
+            }
+        }
+        self.consolidate(c);
     }
 }
 
 pub(crate) enum Controller {
     Zerospot(Box<ZerospotCtl>),
-    AlwaysOn,
+    Fixed,
     ClusterAutoscaler(CaState),
     Keda(KedaState, CaState),
     Karpenter(KarpenterState),
@@ -496,7 +584,7 @@ impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Controller::Zerospot(_) => "Zerospot",
-            Controller::AlwaysOn => "AlwaysOn",
+            Controller::Fixed => "Fixed",
             Controller::ClusterAutoscaler(_) => "ClusterAutoscaler",
             Controller::Keda(..) => "Keda",
             Controller::Karpenter(_) => "Karpenter",
@@ -507,31 +595,107 @@ impl std::fmt::Debug for Controller {
 /// How the pods of each reactive policy scale.
 pub(crate) fn pod_scaling(kind: PolicyKind) -> PodScaling {
     match kind {
-        PolicyKind::AlwaysOn => PodScaling::Fixed,
+        PolicyKind::AlwaysOn | PolicyKind::FixedBest => PodScaling::Fixed,
         PolicyKind::Keda => PodScaling::External,
         _ => PodScaling::Knative,
     }
 }
 
-/// Peak requests in service at once, per model, at full speed with no queueing.
-pub(crate) fn peak_concurrency(c: &Cluster<'_>) -> Vec<u32> {
-    let mut events: Vec<(f64, i32, u16)> = Vec::with_capacity(c.requests.len() * 2);
-    for r in c.requests {
-        let s =
-            c.p.serving
-                .service_s(r.prompt_tokens, r.generated_tokens, 1);
-        events.push((r.at, 1, r.model));
-        events.push((r.at + s, -1, r.model));
+/// Per model, the busiest minute's offered load in lanes: arrivals in the busiest 60 s window over 60 s,
+/// times the mean service time with every lane of a node busy (Little's law).
+pub(crate) fn busiest_minute_load(c: &Cluster<'_>) -> Vec<f64> {
+    let lanes = c.slots() * c.p.serving.pod_concurrency.max(1);
+    let mut out = vec![0.0; c.models];
+    for (m, load) in out.iter_mut().enumerate() {
+        let mine: Vec<&crate::workload::Request> = c
+            .requests
+            .iter()
+            .filter(|r| r.model as usize == m)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mean = mine
+            .iter()
+            .map(|r| {
+                c.p.serving
+                    .service_s(r.prompt_tokens, r.generated_tokens, lanes)
+            })
+            .sum::<f64>()
+            / mine.len() as f64;
+        let (mut busiest, mut lo) = (0usize, 0usize);
+        for hi in 0..mine.len() {
+            while mine[hi].at - mine[lo].at >= 60.0 {
+                lo += 1;
+            }
+            busiest = busiest.max(hi - lo + 1);
+        }
+        *load = busiest as f64 / 60.0 * mean;
     }
-    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut now = vec![0i32; c.models];
-    let mut peak = vec![0u32; c.models];
-    for (_, d, m) in events {
-        let m = m as usize;
-        now[m] += d;
-        peak[m] = peak[m].max(now[m].max(0) as u32);
+    out
+}
+
+/// Lays `n` nodes' slots out over the models in proportion to `weights` (each model at least one pod
+/// while there are slots), and launches the group at the first request.
+fn launch_fixed(c: &mut Cluster<'_>, n: u32, weights: &[f64]) {
+    let slots = c.slots();
+    let total = (n * slots) as usize;
+    let sum: f64 = weights.iter().sum();
+    let mut pods: Vec<u32> = weights
+        .iter()
+        .map(|w| {
+            if sum > 0.0 {
+                ((w / sum) * total as f64).floor() as u32
+            } else {
+                0
+            }
+            .max(1)
+        })
+        .collect();
+    while pods.iter().sum::<u32>() as usize > total {
+        match pods.iter_mut().filter(|p| **p > 1).max_by_key(|p| **p) {
+            Some(p) => *p -= 1,
+            None => break,
+        }
     }
-    peak
+    let mut layout: Vec<u16> = Vec::with_capacity(total);
+    for (m, k) in pods.iter().enumerate() {
+        layout.extend(std::iter::repeat_n(m as u16, *k as usize));
+    }
+    // Slots left by rounding go to the models by weight, heaviest first.
+    let mut order: Vec<usize> = (0..c.models).collect();
+    order.sort_by(|a, b| weights[*b].total_cmp(&weights[*a]));
+    let mut i = 0usize;
+    while layout.len() < total {
+        layout.push(order[i % order.len()] as u16);
+        i += 1;
+    }
+    layout.truncate(total);
+    // Interleave models across nodes: node k takes slots k, k + n, k + 2n, ...
+    let n_us = n as usize;
+    let mut spread = Vec::with_capacity(total);
+    for node in 0..n_us {
+        for slot in 0..slots as usize {
+            spread.push(layout[(slot * n_us + node) % total]);
+        }
+    }
+    c.fixed_layout = spread;
+    c.layout_free = (0..n).collect();
+    c.asgs[0].desired = n;
+    let first = c.requests.first().map_or(0.0, |r| r.at);
+    c.schedule(first, Ev::Tick(TICK_FIXED_LAUNCH));
+}
+
+/// Always-on's size by the busiest-minute rule: `a + 2 sqrt(a)` lanes per model, in pods, over the
+/// slots of a node.
+pub(crate) fn always_on_size(c: &Cluster<'_>) -> (u32, Vec<f64>) {
+    let conc = f64::from(c.p.serving.pod_concurrency.max(1));
+    let load = busiest_minute_load(c);
+    let pods: f64 = load
+        .iter()
+        .map(|a| ((a + 2.0 * a.sqrt()) / conc).ceil().max(1.0))
+        .sum();
+    ((pods / f64::from(c.slots())).ceil() as u32, load)
 }
 
 impl Controller {
@@ -557,7 +721,7 @@ impl Controller {
             },
         ];
         if c.pod_scaling == PodScaling::Knative {
-            c.schedule(KNATIVE_TICK_S, Ev::Tick(TICK_KNATIVE));
+            c.schedule(c.p.knative.tick_s, Ev::Tick(TICK_KNATIVE));
         }
         Ok(match kind {
             PolicyKind::Zerospot => {
@@ -566,13 +730,7 @@ impl Controller {
                     c.slots(),
                     c.p.serving.pod_concurrency.max(1),
                     max,
-                    Timing {
-                        backlog_drain_s: match params.zerospot_demand {
-                            DemandSignal::RateAware { drain_s, .. } => drain_s.max(1.0) as u64,
-                            _ => params.zerospot_timing.backlog_drain_s,
-                        },
-                        ..params.zerospot_timing
-                    },
+                    params.zerospot_timing,
                 );
                 config.validate().map_err(crate::error::SimError::Config)?;
                 let snapshot = Snapshot {
@@ -587,6 +745,8 @@ impl Controller {
                 };
                 let tick_s = params.zerospot_tick_s.max(0.1);
                 c.set_demand_signal(params.zerospot_demand);
+                c.intake = Intake::Dispatcher;
+                c.target_utilization = params.zerospot_knative_utilization;
                 c.schedule(tick_s, Ev::Tick(TICK_ZEROSPOT));
                 Controller::Zerospot(Box::new(ZerospotCtl {
                     config,
@@ -600,47 +760,16 @@ impl Controller {
                     decisions: 0,
                 }))
             }
-            PolicyKind::AlwaysOn => {
-                let slots = c.slots();
-                let conc = c.p.serving.pod_concurrency.max(1);
-                let peak = peak_concurrency(c);
-                let mut pods: Vec<u32> = peak.iter().map(|p| p.div_ceil(conc).max(1)).collect();
-                let needed: u32 = pods.iter().sum();
-                let n = params
-                    .always_on_nodes
-                    .unwrap_or_else(|| needed.div_ceil(slots))
-                    .clamp(1, max.max(1));
-                // Spread the remaining slots by share of the peak; if fewer slots than pods, scale down.
-                let total = n * slots;
-                while pods.iter().sum::<u32>() > total {
-                    if let Some((i, _)) = pods
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, p)| **p > 1)
-                        .max_by_key(|(_, p)| **p)
-                    {
-                        pods[i] -= 1;
-                    } else {
-                        break;
-                    }
+            PolicyKind::AlwaysOn | PolicyKind::FixedBest => {
+                let (rule, weights) = always_on_size(c);
+                let n = if kind == PolicyKind::AlwaysOn {
+                    params.always_on_nodes.unwrap_or(rule)
+                } else {
+                    params.fixed_nodes.unwrap_or(rule)
                 }
-                let mut layout: Vec<u16> = Vec::with_capacity(total as usize);
-                for (m, k) in pods.iter().enumerate() {
-                    layout.extend(std::iter::repeat_n(m as u16, *k as usize));
-                }
-                let mut m = 0usize;
-                while layout.len() < total as usize {
-                    layout.push((m % c.models) as u16);
-                    m += 1;
-                }
-                layout.truncate(total as usize);
-                c.fixed_layout = layout;
-                c.layout_free = (0..n).collect();
-                c.asgs[0].desired = n;
-                for _ in 0..n {
-                    c.prewarmed(0, true);
-                }
-                Controller::AlwaysOn
+                .clamp(1, max.max(1));
+                launch_fixed(c, n, &weights);
+                Controller::Fixed
             }
             PolicyKind::ClusterAutoscaler => {
                 c.schedule(CA_SCAN_S, Ev::Tick(TICK_CA));
@@ -670,9 +799,9 @@ impl Controller {
                 );
                 Controller::Karpenter(KarpenterState::default())
             }
-            PolicyKind::Oracle => {
+            PolicyKind::Greedy => {
                 return Err(crate::error::SimError::Parameter(
-                    "the oracle does not run on the cluster".into(),
+                    "the hindsight-greedy schedule does not run on the cluster".into(),
                 ));
             }
         })
@@ -680,12 +809,10 @@ impl Controller {
 
     pub(crate) fn tick(&mut self, tag: u8, c: &mut Cluster<'_>) {
         match (tag, self) {
+            (TICK_FIXED_LAUNCH, Controller::Fixed) => c.asg_reconcile(0),
             (TICK_KNATIVE, _) => {
-                c.knative_scale_down();
-                for m in 0..c.models {
-                    c.knative_scale_up(m);
-                }
-                c.schedule(c.now + KNATIVE_TICK_S, Ev::Tick(TICK_KNATIVE));
+                c.knative_tick();
+                c.schedule(c.now + c.p.knative.tick_s, Ev::Tick(TICK_KNATIVE));
             }
             (TICK_ZEROSPOT, Controller::Zerospot(z)) => {
                 z.decide(c);
@@ -745,7 +872,7 @@ impl Controller {
                     k.open_batch(c);
                 }
             }
-            Controller::AlwaysOn | Controller::ClusterAutoscaler(_) | Controller::Keda(..) => {
+            Controller::Fixed | Controller::ClusterAutoscaler(_) | Controller::Keda(..) => {
                 if c.disrupted {
                     c.asg_reconcile(0);
                 }

@@ -1,4 +1,4 @@
-//! Results: per-policy figures, the text table and the JSON document.
+//! Results: per-policy figures, the goals, the text table and the JSON document.
 
 use crate::cluster::Sample;
 use serde::Serialize;
@@ -15,6 +15,8 @@ pub struct Delays {
     pub p99: f64,
     /// Largest.
     pub max: f64,
+    /// Requests counted.
+    pub count: u64,
 }
 
 impl Delays {
@@ -33,6 +35,7 @@ impl Delays {
             p95: rank(0.95),
             p99: rank(0.99),
             max: f64::from(delays[delays.len() - 1]),
+            count: delays.len() as u64,
         }
     }
 }
@@ -48,8 +51,11 @@ pub struct PolicyReport {
     pub gpu_hours_billed: f64,
     /// Cost, USD.
     pub cost_usd: f64,
-    /// Cost over the oracle's cost.
+    /// Cost over the hindsight-greedy schedule's (called the oracle before it was known not to be a
+    /// bound); kept for scripts, see `cost_vs_bound`.
     pub cost_vs_oracle: f64,
+    /// Cost over the lower bound on any zero-wait policy's cost (`Report::lower_bound_usd`).
+    pub cost_vs_bound: f64,
     /// Requests in the workload.
     pub requests: u64,
     /// Requests served.
@@ -58,6 +64,21 @@ pub struct PolicyReport {
     pub lost: u64,
     /// Queueing delay of completed requests, seconds.
     pub queue_delay_s: Delays,
+    /// Queueing delay of completed requests that arrived while their model had a Ready pod and no cold
+    /// request waited ahead of them.
+    pub wait_warm_s: Delays,
+    /// Queueing delay of the others: they waited for a cold start, or behind requests that did.
+    pub wait_cold_s: Delays,
+    /// Arrivals that found their model with no Ready pod and nobody already waiting for one.
+    pub cold_starts: u32,
+    /// Removals by the policy followed by a launch in the same pool within one cold start, over removals.
+    pub flap_rate: f64,
+    /// The longest cold episode, seconds: from a request finding its model with no Ready pod until the
+    /// last request queued behind it started. How long until the fleet was warm again.
+    pub cold_episode_max_s: f64,
+    /// Nodes of a fixed cluster (always-on, fixed-best).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_nodes: Option<u32>,
     /// Spot interruption notices received.
     pub interruptions: u32,
     /// Interruptions after which every request that was in flight on the node completed.
@@ -80,11 +101,38 @@ pub struct PolicyReport {
     pub series: Vec<Sample>,
 }
 
+/// Which goals of the policy a workload is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadClass {
+    /// Dense traffic (the full trace): warm waits and cost against fixed-best.
+    Dense,
+    /// Sparse traffic (thinned to p <= 0.1 or stretched): cost against the bound, longest wait.
+    Sparse,
+    /// Anything else (the synthetic day): the goals that hold everywhere.
+    Other,
+}
+
+/// One goal, its target and what zerospot reached.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Goal {
+    /// What is measured, in words.
+    pub goal: String,
+    /// zerospot's figure.
+    pub value: f64,
+    /// The limit it must not pass.
+    pub limit: f64,
+    /// Whether `value <= limit`.
+    pub met: bool,
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// The workload, in words.
     pub workload: String,
+    /// Which goals apply.
+    pub workload_class: WorkloadClass,
     /// Requests in the workload.
     pub requests: u64,
     /// Observed window, seconds.
@@ -99,14 +147,139 @@ pub struct Report {
     pub cold_start_s: f64,
     /// Seed.
     pub seed: u64,
+    /// Lower bound on the cost of any zero-wait policy, USD (see [`crate::bound`]).
+    pub lower_bound_usd: f64,
+    /// The same in node-seconds.
+    pub lower_bound_node_seconds: f64,
     /// One entry per policy.
     pub policies: Vec<PolicyReport>,
+    /// zerospot's goals for this workload's class, each met or not.
+    pub goals: Vec<Goal>,
+    /// The bound over time (for plots; not serialised).
+    #[serde(skip)]
+    pub bound_series: Vec<Sample>,
 }
 
 impl Report {
     /// The figures of the policy named `name`.
     pub fn policy(&self, name: &str) -> Option<&PolicyReport> {
         self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// zerospot's goals for `class` (the issue's bar), from the figures in `self.policies`:
+    /// - dense: warm p95 <= 10 s, warm p99 <= 30 s, cost <= 1.10 x fixed-best;
+    /// - sparse: cost <= 1.15 x the bound, no wait longer than one cold start + 30 s;
+    /// - everywhere: nothing lost, flap rate <= 20 %, cost <= 0.5 x the Cluster Autoscaler's.
+    ///
+    /// A goal whose reference policy did not run is left out.
+    pub fn compute_goals(&mut self) {
+        let Some(z) = self.policy("zerospot") else {
+            self.goals.clear();
+            return;
+        };
+        let mut goals = Vec::new();
+        let mut goal = |what: &str, value: f64, limit: f64| {
+            goals.push(Goal {
+                goal: what.into(),
+                value,
+                limit,
+                met: value <= limit + 1e-9,
+            });
+        };
+        match self.workload_class {
+            WorkloadClass::Dense => {
+                goal("warm wait p95, s", z.wait_warm_s.p95, 10.0);
+                goal("warm wait p99, s", z.wait_warm_s.p99, 30.0);
+                if let Some(f) = self.policy("fixed-best").filter(|f| f.cost_usd > 0.0) {
+                    goal("cost x fixed-best", z.cost_usd / f.cost_usd, 1.10);
+                }
+            }
+            WorkloadClass::Sparse => {
+                goal("cost x bound", z.cost_vs_bound, 1.15);
+                goal(
+                    "longest wait, s (cold start + 30 s)",
+                    z.queue_delay_s.max,
+                    self.cold_start_s + 30.0,
+                );
+            }
+            WorkloadClass::Other => {}
+        }
+        goal("lost requests", z.lost as f64, 0.0);
+        goal("flap rate", z.flap_rate, 0.20);
+        if let Some(ca) = self
+            .policy("cluster-autoscaler")
+            .filter(|c| c.cost_usd > 0.0)
+        {
+            goal("cost x cluster-autoscaler", z.cost_usd / ca.cost_usd, 0.5);
+        }
+        self.goals = goals;
+    }
+
+    fn rows(&self) -> Vec<[String; 15]> {
+        self.policies
+            .iter()
+            .map(|p| {
+                [
+                    p.name.clone(),
+                    format!("{:.2}", p.gpu_hours_billed),
+                    format!("{:.2}", p.cost_usd),
+                    format!("{:.2}", p.cost_vs_bound),
+                    secs(p.wait_warm_s.p50),
+                    secs(p.wait_warm_s.p95),
+                    secs(p.wait_warm_s.p99),
+                    p.wait_cold_s.count.to_string(),
+                    secs(p.wait_cold_s.p50),
+                    secs(p.wait_cold_s.p99),
+                    secs(p.queue_delay_s.max),
+                    p.cold_starts.to_string(),
+                    format!("{:.0}%", p.flap_rate * 100.0),
+                    p.lost.to_string(),
+                    format!("{}/{}", p.scale_ups, p.scale_downs),
+                ]
+            })
+            .collect()
+    }
+
+    const HEADER: [&'static str; 15] = [
+        "policy",
+        "GPU-h",
+        "cost $",
+        "x bound",
+        "warm p50",
+        "p95",
+        "p99",
+        "cold n",
+        "cold p50",
+        "p99",
+        "max wait",
+        "cold starts",
+        "flap",
+        "lost",
+        "ups/downs",
+    ];
+
+    fn goals_text(&self) -> String {
+        let mut out = String::new();
+        if self.goals.is_empty() {
+            return out;
+        }
+        let class = match self.workload_class {
+            WorkloadClass::Dense => "dense",
+            WorkloadClass::Sparse => "sparse",
+            WorkloadClass::Other => "other",
+        };
+        let _ = writeln!(out, "zerospot's goals ({class} workload):");
+        for g in &self.goals {
+            let _ = writeln!(
+                out,
+                "  {:<38} {:>9.2}  limit {:>7.2}  {}",
+                g.goal,
+                g.value,
+                g.limit,
+                if g.met { "met" } else { "MISSED" }
+            );
+        }
+        out
     }
 
     /// The table, as text.
@@ -122,44 +295,15 @@ impl Report {
             self.cold_start_s,
             self.seed
         );
+        let _ = writeln!(
+            out,
+            "lower bound on any zero-wait policy: ${:.2} ({:.2} GPU-h)",
+            self.lower_bound_usd,
+            self.lower_bound_node_seconds / 3600.0
+        );
         let _ = writeln!(out);
-        let header = [
-            "policy",
-            "GPU-h",
-            "cost $",
-            "x oracle",
-            "wait p50",
-            "p95",
-            "p99",
-            "max",
-            "done",
-            "lost",
-            "interrupts",
-            "ups",
-            "downs",
-        ];
-        let rows: Vec<[String; 13]> = self
-            .policies
-            .iter()
-            .map(|p| {
-                [
-                    p.name.clone(),
-                    format!("{:.2}", p.gpu_hours_billed),
-                    format!("{:.2}", p.cost_usd),
-                    format!("{:.2}", p.cost_vs_oracle),
-                    secs(p.queue_delay_s.p50),
-                    secs(p.queue_delay_s.p95),
-                    secs(p.queue_delay_s.p99),
-                    secs(p.queue_delay_s.max),
-                    p.completed.to_string(),
-                    p.lost.to_string(),
-                    format!("{}/{}", p.interruptions_survived, p.interruptions),
-                    p.scale_ups.to_string(),
-                    p.scale_downs.to_string(),
-                ]
-            })
-            .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        let rows = self.rows();
+        let mut widths: Vec<usize> = Self::HEADER.iter().map(|h| h.len()).collect();
         for row in &rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.len());
@@ -175,43 +319,41 @@ impl Report {
             }
             out.push('\n');
         };
-        line(header.to_vec(), &mut out);
+        line(Self::HEADER.to_vec(), &mut out);
         for row in &rows {
             line(row.iter().map(String::as_str).collect(), &mut out);
         }
         let _ = writeln!(
             out,
-            "\nwait: queueing delay of completed requests; interrupts: survived/received (survived: every request \
-             in flight on the node completed); ups/downs: instances launched/removed by the policy."
+            "\nx bound: cost over the lower bound; warm: arrived while the model had a Ready pod and no cold \
+             request waited ahead; cold n: the other completed requests; cold starts: arrivals that found no \
+             Ready pod and nobody waiting; flap: removals followed by a launch in the same pool within one \
+             cold start; ups/downs: instances launched/removed by the policy.\n"
         );
+        out.push_str(&self.goals_text());
         out
     }
 
-    /// The table as Markdown (for the README).
+    /// The table as Markdown (for the README), then the goals.
     pub fn markdown(&self) -> String {
-        let mut out = String::from(
-            "| policy | GPU-h | cost $ | x oracle | wait p50 | p95 | p99 | max | done | lost | interrupts survived | ups | downs |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
-        for p in &self.policies {
-            let _ = writeln!(
-                out,
-                "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
-                p.name,
-                p.gpu_hours_billed,
-                p.cost_usd,
-                p.cost_vs_oracle,
-                secs(p.queue_delay_s.p50),
-                secs(p.queue_delay_s.p95),
-                secs(p.queue_delay_s.p99),
-                secs(p.queue_delay_s.max),
-                p.completed,
-                p.lost,
-                p.interruptions_survived,
-                p.interruptions,
-                p.scale_ups,
-                p.scale_downs
-            );
+        let mut out = String::new();
+        let _ = writeln!(out, "| {} |", Self::HEADER.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---:|".repeat(Self::HEADER.len() - 1));
+        for row in self.rows() {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        if !self.goals.is_empty() {
+            out.push('\n');
+            for g in &self.goals {
+                let _ = writeln!(
+                    out,
+                    "- {}: {:.2} (limit {:.2}): {}",
+                    g.goal,
+                    g.value,
+                    g.limit,
+                    if g.met { "met" } else { "**missed**" }
+                );
+            }
         }
         out
     }
@@ -233,7 +375,10 @@ mod tests {
     fn percentiles_use_the_nearest_rank() {
         let mut d: Vec<f32> = (1..=100).rev().map(|x| x as f32).collect();
         let p = Delays::of(&mut d);
-        assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(
+            (p.p50, p.p95, p.p99, p.max, p.count),
+            (50.0, 95.0, 99.0, 100.0, 100)
+        );
         assert_eq!(Delays::of(&mut []), Delays::default());
     }
 }

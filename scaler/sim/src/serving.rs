@@ -2,9 +2,14 @@
 //!
 //! Service time = prompt tokens / prefill rate + generated tokens / (decode rate x sharing factor), where the
 //! sharing factor is the per-process decode speed with `N` processes on the GPU relative to one process,
-//! interpolated linearly in `N` from a measured curve. `N` counts the requests being served on the GPU when
-//! this one starts, itself included, and is held for the whole request (a standard approximation of
-//! processor sharing: the simulator does not re-time requests already running when a neighbour starts).
+//! interpolated linearly in `N` from a measured curve. `N` counts the requests being served on the GPU
+//! *now*: the cluster re-times running requests whenever a neighbour starts or ends (processor sharing).
+//!
+//! A curve can be read from measurements ([`SharingCurve::from_csv`]) in the format of the project's
+//! GPU-sharing benchmark: `gpu,driver,date,model,weights_gb,sharing,processes,concurrency,
+//! tokens_per_s_each,tokens_per_s_total,ttft_p50_ms,ttft_p99_ms,gpu_mem_mib`, one row per run.
+
+use crate::error::{Result, SimError};
 
 /// Per-process speed relative to one process, by number of processes sharing the GPU.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +70,119 @@ impl SharingCurve {
         each / base
     }
 
+    /// The curve for `model` (or the file's only model) under `sharing` (`mps` or `time-slicing`), from
+    /// measurement rows at concurrency 1 (one request in flight per process): the factor for `N`
+    /// processes is `tokens_per_s_each(N) / tokens_per_s_each(1)`, rows for the same `N` averaged.
+    /// `source_name` names the file in errors, which quote the line.
+    pub fn from_csv(
+        text: &str,
+        source_name: &str,
+        model: Option<&str>,
+        sharing: &str,
+    ) -> Result<Self> {
+        let err = |line: usize, reason: String| SimError::SharingLine {
+            source_name: source_name.to_owned(),
+            line,
+            reason,
+        };
+        let mut rows: Vec<(String, f64, f64)> = Vec::new();
+        let mut header = false;
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim_start_matches('\u{feff}').trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !header {
+                if line != SHARING_HEADER {
+                    return Err(err(n, format!("expected the header {SHARING_HEADER:?}")));
+                }
+                header = true;
+                continue;
+            }
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            if f.len() != 13 {
+                return Err(err(n, format!("expected 13 fields, found {}", f.len())));
+            }
+            if f[5] != "mps" && f[5] != "time-slicing" {
+                return Err(err(
+                    n,
+                    format!("sharing {:?} is neither mps nor time-slicing", f[5]),
+                ));
+            }
+            let whole = |i: usize, what: &str| {
+                f[i].parse::<u32>()
+                    .ok()
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| err(n, format!("{what} {:?} is not a whole number >= 1", f[i])))
+            };
+            let processes = whole(6, "processes")?;
+            let concurrency = whole(7, "concurrency")?;
+            let each = f[8]
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| {
+                    err(
+                        n,
+                        format!("tokens_per_s_each {:?} is not a positive number", f[8]),
+                    )
+                })?;
+            if f[5] == sharing && concurrency == 1 {
+                rows.push((f[3].to_owned(), f64::from(processes), each));
+            }
+        }
+        if !header {
+            return Err(err(1, "empty file".into()));
+        }
+        let mut models: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        let chosen = match model {
+            Some(m) if models.contains(&m) => m.to_owned(),
+            None if models.len() == 1 => models[0].to_owned(),
+            _ => {
+                return Err(SimError::Parameter(format!(
+                    "{source_name}: {} (models with {sharing} rows at concurrency 1: {}); pick one with \
+                     --sharing-model",
+                    model.map_or_else(
+                        || "more than one model, or none".to_owned(),
+                        |m| format!("no {sharing} rows at concurrency 1 for model {m:?}")
+                    ),
+                    if models.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        models.join(", ")
+                    }
+                )));
+            }
+        };
+        let mut points: Vec<(f64, f64, u32)> = Vec::new();
+        for (m, n, each) in &rows {
+            if *m != chosen {
+                continue;
+            }
+            match points.iter_mut().find(|p| p.0 == *n) {
+                Some(p) => {
+                    p.1 += each;
+                    p.2 += 1;
+                }
+                None => points.push((*n, *each, 1)),
+            }
+        }
+        if !points.iter().any(|p| p.0 == 1.0) {
+            return Err(SimError::Parameter(format!(
+                "{source_name}: model {chosen:?} has no {sharing} row with 1 process at concurrency 1, \
+                 which every factor is relative to"
+            )));
+        }
+        let averaged: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(n, sum, k)| (*n, sum / f64::from(*k)))
+            .collect();
+        Ok(Self::from_points(&averaged))
+    }
+
     /// Per-process speed with `n` processes sharing, relative to one process alone.
     pub fn factor(&self, n: u32) -> f64 {
         match self.table.get(n as usize) {
@@ -74,6 +192,9 @@ impl SharingCurve {
         }
     }
 }
+
+/// The header line of a measured sharing file.
+pub const SHARING_HEADER: &str = "gpu,driver,date,model,weights_gb,sharing,processes,concurrency,tokens_per_s_each,tokens_per_s_total,ttft_p50_ms,ttft_p99_ms,gpu_mem_mib";
 
 /// What serving a request costs in time.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +222,71 @@ impl Serving {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FIXTURE: &str = include_str!("../tests/fixtures/gpu-sharing-sample.csv");
+
+    #[test]
+    fn a_measured_file_gives_each_over_one_process_for_the_chosen_model_and_sharing() {
+        let c = SharingCurve::from_csv(FIXTURE, "f.csv", Some("llama3.2:1b"), "mps").unwrap();
+        assert_eq!(c.factor(1), 1.0);
+        // Two runs at 2 processes (80 and 76 tokens/s each) average to 78; one process: 100.
+        assert!((c.factor(2) - 0.78).abs() < 1e-12, "{}", c.factor(2));
+        assert!((c.factor(4) - 0.5).abs() < 1e-12);
+        assert!((c.factor(3) - 0.64).abs() < 1e-12, "interpolated");
+        // Concurrency 4 rows and time-slicing rows are not mixed in.
+        let ts =
+            SharingCurve::from_csv(FIXTURE, "f.csv", Some("llama3.2:1b"), "time-slicing").unwrap();
+        assert!((ts.factor(2) - 0.5).abs() < 1e-12);
+        // The other model.
+        let big = SharingCurve::from_csv(FIXTURE, "f.csv", Some("gemma3:12b"), "mps").unwrap();
+        assert!((big.factor(2) - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_measured_file_is_checked_line_by_line_and_the_model_must_be_named_when_ambiguous() {
+        let err = |text: &str, model: Option<&str>| {
+            SharingCurve::from_csv(text, "f.csv", model, "mps")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(FIXTURE, None);
+        assert!(
+            e.contains("gemma3:12b, llama3.2:1b") && e.contains("--sharing-model"),
+            "{e}"
+        );
+        assert!(
+            err(FIXTURE, Some("phi")).contains("no mps rows at concurrency 1 for model \"phi\"")
+        );
+        let header = SHARING_HEADER;
+        let row = "h200,570,2026-11-29,m,1.3,mps,2,1,50,100,10,20,2000";
+        let e = err(&format!("{header}\n{row}\n"), None);
+        assert!(e.contains("no mps row with 1 process"), "{e}");
+        let e = err(
+            &format!("{header}\n{}\n", row.replace(",mps,", ",mig,")),
+            None,
+        );
+        assert!(
+            e.contains("line 2") && e.contains("neither mps nor time-slicing"),
+            "{e}"
+        );
+        let e = err(
+            &format!("{header}\n{}\n", row.replace(",2,1,50,", ",two,1,50,")),
+            None,
+        );
+        assert!(
+            e.contains("line 2") && e.contains("processes \"two\""),
+            "{e}"
+        );
+        let e = err(
+            &format!("{header}\n{}\n", row.replace(",50,100,", ",-5,100,")),
+            None,
+        );
+        assert!(e.contains("tokens_per_s_each \"-5\""), "{e}");
+        let e = err(&format!("{header}\n{row},9\n"), None);
+        assert!(e.contains("expected 13 fields, found 14"), "{e}");
+        assert!(err("gpu,model\n", None).contains("line 1"));
+        assert!(err("", None).contains("empty file"));
+    }
 
     #[test]
     fn the_default_curve_matches_the_measured_points_and_interpolates_between() {

@@ -1,0 +1,279 @@
+//! A provable lower bound on what any zero-wait policy pays for a workload, in one pass.
+//!
+//! # The argument
+//! Take any policy that starts every request at its arrival (zero wait), on this cloud and serving model.
+//!
+//! 1. *Ready nodes.* Request `r` arrives at `a_r` and is served in at least `s_r`, its service time alone on
+//!    a GPU (sharing only slows a request down: the sharing factor is at most 1). So over `[a_r, a_r +
+//!    s_r)` it holds a lane of a pod of its model. A pod of model `m` has `concurrency` lanes and takes one
+//!    slot; a node has `slots` slots. With `B_m(t)` such requests of model `m` at `t`, at least
+//!    `N(t) = ceil(sum_m ceil(B_m(t) / concurrency) / slots)` nodes must be serving at `t`.
+//! 2. *Each serving node was launched at least one minimum cold start earlier.* A fresh node serves only
+//!    after its boot (at least `boot_min`), its first pod's image pull and its model load, so a node
+//!    serving at `u` was launched by `u - c` with `c = boot_min + image_pull + model_load`, and is billed
+//!    over all of `[u - c, u]`.
+//! 3. So at any `t`, at least `M(t) = max over u in [t, t + c] of N(u)` nodes are billed: each of the
+//!    `N(u)` nodes serving at `u` is billed at `t`. Total billed node-time is at least `integral of M`.
+//!
+//! The integral is computed level by level: `integral of M = integral of N + sum over levels k of, for
+//! each maximal interval where N >= k, min(c, the gap since level k was last needed)` (the first interval
+//! of a level pays all of `c`): the window `[t, t + c]` extends each interval of `{N >= k}` back by `c`,
+//! merging with the previous one when the gap is shorter. One sweep over arrivals and ends, `O(n log n)`
+//! for the sort.
+//!
+//! Everything it leaves out only makes real policies pay more: the 60 s billing minimum, interruptions,
+//! failed launches, slower-than-minimum boots, the sharing slowdown, model loads on warm nodes, and the
+//! on-demand price (the bound uses the Spot price). A policy that lets requests wait is not bound by it
+//! (it can serve a request later, on fewer nodes); it is still the yardstick every policy's cost is
+//! reported against (`x bound`).
+
+use crate::cloud::Cloud;
+use crate::cluster::Sample;
+use crate::serving::Serving;
+use crate::workload::Workload;
+
+/// The bound, and how it builds up over time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LowerBound {
+    /// Node-seconds any zero-wait policy is billed at least.
+    pub node_seconds: f64,
+    /// The same in USD at the Spot price.
+    pub cost_usd: f64,
+    /// Node-seconds of serving alone (`integral of N`).
+    pub serving_node_seconds: f64,
+    /// The most nodes serving at once.
+    pub peak_nodes: u32,
+    /// `(t, nodes serving N(t), cumulative bound cost)` at `points` evenly spaced times (for plots).
+    pub series: Vec<Sample>,
+}
+
+/// Computes the bound for `workload` (see the module documentation for the argument). `points` is the
+/// number of series samples to keep (0: none).
+pub fn lower_bound(
+    workload: &Workload,
+    cloud: &Cloud,
+    serving: &Serving,
+    points: u32,
+) -> LowerBound {
+    let c = cloud.cold_start_min_s();
+    let conc = u64::from(serving.pod_concurrency.max(1));
+    let slots = u64::from(serving.slots_per_gpu.max(1));
+    let models = workload.models.len().max(1);
+    // (time, +1 start / -1 end, model); ends sort before starts at the same time: [a, a + s) is half-open.
+    let mut events: Vec<(f64, i8, u16)> = Vec::with_capacity(workload.requests.len() * 2);
+    for r in &workload.requests {
+        let s = serving.service_s(r.prompt_tokens, r.generated_tokens, 1);
+        events.push((r.at, 1, r.model));
+        events.push((r.at + s, -1, r.model));
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut busy = vec![0u64; models];
+    let mut pods = 0u64;
+    let mut nodes = 0u64;
+    let mut last_t = f64::NEG_INFINITY;
+    let mut area = 0.0;
+    let mut extra = 0.0;
+    let mut last_drop: Vec<f64> = Vec::new();
+    let mut out = LowerBound::default();
+    let price = cloud.price_per_s(true);
+    let horizon = workload.horizon_s.max(events.last().map_or(0.0, |e| e.0));
+    let dt = if points > 0 {
+        (horizon / f64::from(points)).max(1.0)
+    } else {
+        f64::INFINITY
+    };
+    let mut next_sample = 0.0;
+    let mut i = 0;
+    while i < events.len() {
+        let t = events[i].0;
+        while next_sample <= t && next_sample.is_finite() {
+            let running = if nodes > 0 {
+                nodes as f64 * (next_sample - last_t).max(0.0)
+            } else {
+                0.0
+            };
+            let so_far = area + running + extra;
+            out.series.push(Sample {
+                t: next_sample,
+                nodes: nodes as u32,
+                queued: 0,
+                cost_usd: so_far * price,
+            });
+            next_sample += dt;
+        }
+        if nodes > 0 {
+            area += nodes as f64 * (t - last_t);
+        }
+        last_t = t;
+        // Every event at this instant, then the new level.
+        while i < events.len() && events[i].0 == t {
+            let (_, delta, m) = events[i];
+            let m = m as usize;
+            let before = busy[m].div_ceil(conc);
+            busy[m] = if delta > 0 {
+                busy[m] + 1
+            } else {
+                busy[m].saturating_sub(1)
+            };
+            let after = busy[m].div_ceil(conc);
+            pods = pods + after - before;
+            i += 1;
+        }
+        let now_nodes = pods.div_ceil(slots);
+        if now_nodes > nodes {
+            for k in nodes..now_nodes {
+                let gap = last_drop.get(k as usize).map_or(f64::INFINITY, |d| t - d);
+                extra += gap.min(c);
+            }
+        } else {
+            for k in now_nodes..nodes {
+                let k = k as usize;
+                if last_drop.len() <= k {
+                    last_drop.resize(k + 1, f64::NEG_INFINITY);
+                }
+                last_drop[k] = t;
+            }
+        }
+        nodes = now_nodes;
+        out.peak_nodes = out.peak_nodes.max(nodes as u32);
+    }
+    out.serving_node_seconds = area;
+    out.node_seconds = area + extra;
+    out.cost_usd = out.node_seconds * price;
+    if points > 0 {
+        while next_sample <= horizon {
+            out.series.push(Sample {
+                t: next_sample,
+                nodes: 0,
+                queued: 0,
+                cost_usd: out.cost_usd,
+            });
+            next_sample += dt;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::INSTANCE_TYPES;
+    use crate::serving::SharingCurve;
+    use crate::workload::Request;
+
+    fn serving(slots: u32, concurrency: u32) -> Serving {
+        Serving {
+            slots_per_gpu: slots,
+            pod_concurrency: concurrency,
+            prefill_tokens_per_s: 1000.0,
+            decode_tokens_per_s: 100.0,
+            curve: SharingCurve::h100_llama_1b_mps(),
+        }
+    }
+
+    /// A request of model `model` at `at` that takes `secs` alone (all decode).
+    fn req(at: f64, secs: u32, model: u16) -> Request {
+        Request {
+            at,
+            model,
+            prompt_tokens: 0,
+            generated_tokens: secs * 100,
+        }
+    }
+
+    fn workload(requests: Vec<Request>, models: usize) -> Workload {
+        let horizon = requests.iter().map(|r| r.at).fold(0.0, f64::max);
+        Workload {
+            requests,
+            models: (0..models).map(|i| format!("m{i}")).collect(),
+            horizon_s: horizon,
+            description: "hand-made".into(),
+        }
+    }
+
+    fn bound(requests: Vec<Request>, models: usize, slots: u32, conc: u32) -> f64 {
+        let cloud = Cloud::new(INSTANCE_TYPES[1]);
+        lower_bound(
+            &workload(requests, models),
+            &cloud,
+            &serving(slots, conc),
+            0,
+        )
+        .node_seconds
+    }
+
+    const C: f64 = 150.0 + 40.0 + 20.0;
+
+    #[test]
+    fn one_request_pays_one_cold_start_and_its_service() {
+        assert_eq!(bound(vec![req(0.0, 10, 0)], 1, 4, 1), C + 10.0);
+        // Prefill counts at the prefill rate.
+        let r = Request {
+            at: 5.0,
+            model: 0,
+            prompt_tokens: 2000,
+            generated_tokens: 300,
+        };
+        assert_eq!(bound(vec![r], 1, 4, 1), C + 2.0 + 3.0);
+    }
+
+    #[test]
+    fn a_gap_shorter_than_a_cold_start_is_bridged_a_longer_one_pays_a_new_cold_start() {
+        // Ends at 10, next at 110: gap 100 < C, so the node is kept through it.
+        assert_eq!(
+            bound(vec![req(0.0, 10, 0), req(110.0, 10, 0)], 1, 4, 1),
+            C + 10.0 + 100.0 + 10.0
+        );
+        // Gap 1,000 > C: two separate runs.
+        assert_eq!(
+            bound(vec![req(0.0, 10, 0), req(1010.0, 10, 0)], 1, 4, 1),
+            2.0 * (C + 10.0)
+        );
+    }
+
+    #[test]
+    fn overlapping_requests_fill_slots_before_a_second_node_counts() {
+        // Four at once fit one node of 4 slots; a fifth needs a second node for its 10 s.
+        let four: Vec<Request> = (0..4).map(|_| req(0.0, 100, 0)).collect();
+        assert_eq!(bound(four.clone(), 1, 4, 1), C + 100.0);
+        let mut five = four;
+        five.push(req(50.0, 10, 0));
+        assert_eq!(bound(five, 1, 4, 1), C + 100.0 + C + 10.0);
+        // Concurrency 2: two requests share one pod (one slot), so slots 1 holds them on one node.
+        assert_eq!(
+            bound(vec![req(0.0, 20, 0), req(0.0, 20, 0)], 1, 1, 2),
+            C + 20.0
+        );
+    }
+
+    #[test]
+    fn each_model_needs_its_own_pod() {
+        // Two models at once on a one-slot node: two nodes, though concurrency would let one pod hold both.
+        assert_eq!(
+            bound(vec![req(0.0, 20, 0), req(0.0, 20, 1)], 2, 1, 2),
+            2.0 * (C + 20.0)
+        );
+    }
+
+    #[test]
+    fn a_second_level_gap_is_bridged_independently_of_the_first() {
+        // Level 1 busy 0..300; level 2 needed 0..10 and 100..110 (gap 90 < C) and 1,000..1,010 (gap 890).
+        let mut rs = vec![req(0.0, 300, 0), req(1000.0, 10, 0)];
+        rs.extend([req(0.0, 10, 0), req(100.0, 10, 0), req(1000.0, 10, 0)]);
+        let level1 = C + 300.0 + C + 10.0;
+        let level2 = C + 10.0 + 90.0 + 10.0 + C + 10.0;
+        assert_eq!(bound(rs, 1, 1, 1), level1 + level2);
+    }
+
+    #[test]
+    fn the_series_ends_at_the_bound() {
+        let cloud = Cloud::new(INSTANCE_TYPES[1]);
+        let w = workload(vec![req(0.0, 10, 0), req(500.0, 10, 0)], 1);
+        let b = lower_bound(&w, &cloud, &serving(4, 1), 10);
+        assert!(!b.series.is_empty());
+        let last = b.series.last().expect("points");
+        assert!((last.cost_usd - b.cost_usd).abs() < 1e-12);
+        assert_eq!(b.peak_nodes, 1);
+        assert!(b.series.iter().any(|s| s.nodes == 1));
+    }
+}
