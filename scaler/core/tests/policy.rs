@@ -372,15 +372,15 @@ fn busy_pool(in_flight: &[u32]) -> Snapshot {
 
 #[test]
 fn consolidates_the_least_loaded_busy_node_when_two_more_than_needed_are_ready() {
-    // Four nodes of 2 slots each hold 4 requests; 2 requests/s at 1 s need 2 + 1.5 sqrt(2) = 4.1, so 5
+    // Four nodes of 2 slots each hold 4 requests; 3 requests/s at 1 s need 3 + sqrt(3) = 4.7, so 5
     // lanes: 3 nodes. Ready 4 is not 2 above that: nothing moves.
     let c = roomy_config();
     let s = busy_pool(&[1, 1, 1, 1])
-        .rate("llama", 2.0, 1.0)
+        .rate("llama", 3.0, 1.0)
         .in_flight("llama", 4);
     let d = decide(&s, &c, at(1000));
     assert!(d.actions.is_empty(), "{:?}", kinds(&d));
-    // At 0.5 requests/s: 0.5 + 1.5 sqrt(0.5) = 1.56, so 2 lanes, but 6 in flight: 3 nodes, 5 ready.
+    // At 0.5 requests/s: 0.5 + sqrt(0.5) = 1.2, so 2 lanes, but 6 in flight: 3 nodes, 5 ready.
     let s = busy_pool(&[1, 1, 1, 1, 2])
         .rate("llama", 0.5, 1.0)
         .in_flight("llama", 6);
