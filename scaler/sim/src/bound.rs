@@ -43,7 +43,8 @@ pub struct LowerBound {
     pub serving_node_seconds: f64,
     /// The most nodes serving at once.
     pub peak_nodes: u32,
-    /// `(t, nodes serving N(t), cumulative bound cost)` at `points` evenly spaced times (for plots).
+    /// `(t, mean nodes serving N over the interval before t, cumulative bound cost)` at `points` evenly
+    /// spaced times (for plots).
     pub series: Vec<Sample>,
 }
 
@@ -83,6 +84,8 @@ pub fn lower_bound(
         f64::INFINITY
     };
     let mut next_sample = 0.0;
+    // Serving node-seconds at the previous sample, for the mean over each sample interval.
+    let mut area_then = 0.0;
     let mut i = 0;
     while i < events.len() {
         let t = events[i].0;
@@ -93,9 +96,11 @@ pub fn lower_bound(
                 0.0
             };
             let so_far = area + running + extra;
+            let mean = ((area + running - area_then) / dt).round().max(0.0) as u32;
+            area_then = area + running;
             out.series.push(Sample {
                 t: next_sample,
-                nodes: nodes as u32,
+                nodes: mean,
                 queued: 0,
                 cost_usd: so_far * price,
             });
@@ -268,8 +273,11 @@ mod tests {
     #[test]
     fn the_series_ends_at_the_bound() {
         let cloud = Cloud::new(INSTANCE_TYPES[1]);
-        let w = workload(vec![req(0.0, 10, 0), req(500.0, 10, 0)], 1);
+        let w = workload(vec![req(0.0, 100, 0), req(500.0, 10, 0)], 1);
         let b = lower_bound(&w, &cloud, &serving(4, 1), 10);
+        // Samples every 50 s: one node serves through the first two intervals, none in the third.
+        let means: Vec<u32> = b.series.iter().take(4).map(|s| s.nodes).collect();
+        assert_eq!(means, [0, 1, 1, 0]);
         assert!(!b.series.is_empty());
         let last = b.series.last().expect("points");
         assert!((last.cost_usd - b.cost_usd).abs() < 1e-12);

@@ -156,7 +156,7 @@ pub fn write_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             "nodes",
             "GPU nodes over time (launching included)",
             "nodes",
-            "bound: nodes serving",
+            "bound: nodes serving (mean)",
             panels(&|s| f64::from(s.nodes), true),
         ),
         (
