@@ -170,6 +170,12 @@ mod tests {
             ..work
         };
         assert_eq!(pending.pods_needed(4, &SIZING), 4);
+        let more_ready = ModelDemand {
+            actual_scale: Some(3),
+            pending_pods: 1,
+            ..Default::default()
+        };
+        assert_eq!(more_ready.pods_needed(4, &SIZING), 4, "ready plus pending");
         assert_eq!(ModelDemand::default().pods_needed(1, &SIZING), 0);
     }
 
@@ -327,6 +333,29 @@ mod tests {
             ),
             37
         );
+    }
+
+    #[test]
+    fn the_backlog_test_weighs_work_against_spare_lanes_over_a_cold_start() {
+        let with = |queued, actual: u32, rate, service| ModelDemand {
+            actual_scale: Some(actual),
+            ..with_rate(d(queued, 0), rate, service)
+        };
+        // Pods x concurrency are the lanes there: 2 pods of 3 lanes spare 6 x 255 s, more than 1,400 s
+        // of work; 5 or 0.67 lanes would not.
+        assert_eq!(with(140, 2, 0.0, 10.0).lanes_needed(3, &SIZING), 1);
+        // Spare lanes are those beyond the offered load: 6 - 2 = 4 lanes x 255 s exceed 900 s of work
+        // (6 / 2 = 3 would not); the headroom, ceil(2 + 1.5 sqrt(2)) = 5, is all it gets.
+        assert_eq!(with(180, 6, 0.4, 5.0).lanes_needed(1, &SIZING), 5);
+        // Work over the spare lanes times a cold start (not plus, not over): 300 s against 2 x 255 s.
+        assert_eq!(with(30, 2, 0.0, 10.0).lanes_needed(1, &SIZING), 1);
+        // Work exactly equal to what the spare lanes clear within a cold start is no backlog.
+        let quick = Sizing {
+            drain_s: 100.0,
+            ..SIZING
+        };
+        assert_eq!(with(51, 2, 0.0, 10.0).lanes_needed(1, &quick), 1);
+        assert_eq!(with(52, 2, 0.0, 10.0).lanes_needed(1, &quick), 6);
     }
 
     #[test]
