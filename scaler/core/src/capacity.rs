@@ -418,4 +418,222 @@ mod tests {
             Err(ConfigError::MinAboveMax { min: 5, max: 3, .. })
         ));
     }
+
+    fn m(name: &str, pool: &str) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            pool: pool.into(),
+            concurrency: 1,
+            slots_per_pod: 1,
+            mig_profile: None,
+        }
+    }
+
+    fn named(name: &str, sharing: Sharing) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            ..pool(sharing, 1)
+        }
+    }
+
+    #[test]
+    fn every_validation_rule_rejects_exactly_what_it_names() {
+        let ok = named("a", Sharing::Mps { replicas: 2 });
+        assert_eq!(validate(std::slice::from_ref(&ok), &[m("x", "a")]), Ok(()));
+        // Pools.
+        assert_eq!(
+            validate(&[ok.clone(), ok.clone()], &[]),
+            Err(ConfigError::DuplicatePool("a".into()))
+        );
+        let equal = PoolSpec {
+            min: 3,
+            max: 3,
+            ..ok.clone()
+        };
+        assert_eq!(validate(&[equal], &[]), Ok(()), "min = max is fine");
+        let above = PoolSpec {
+            min: 4,
+            max: 3,
+            ..ok.clone()
+        };
+        assert_eq!(
+            validate(&[above], &[]),
+            Err(ConfigError::MinAboveMax {
+                pool: "a".into(),
+                min: 4,
+                max: 3
+            })
+        );
+        let no_gpus = PoolSpec {
+            gpus: 0,
+            ..ok.clone()
+        };
+        assert_eq!(
+            validate(&[no_gpus], &[]),
+            Err(ConfigError::NoGpus("a".into()))
+        );
+        for sharing in [
+            Sharing::Mps { replicas: 0 },
+            Sharing::TimeSlicing { replicas: 0 },
+            Sharing::Mig { profiles: vec![] },
+            Sharing::Mig {
+                profiles: vec![MigProfile {
+                    name: "1g.10gb".into(),
+                    per_gpu: 0,
+                }],
+            },
+        ] {
+            assert_eq!(
+                validate(&[named("a", sharing.clone())], &[]),
+                Err(ConfigError::NoSlots("a".into())),
+                "{sharing:?}"
+            );
+        }
+        let one_profile = Sharing::Mig {
+            profiles: vec![
+                MigProfile {
+                    name: "7g.80gb".into(),
+                    per_gpu: 0,
+                },
+                MigProfile {
+                    name: "1g.10gb".into(),
+                    per_gpu: 7,
+                },
+            ],
+        };
+        assert_eq!(validate(&[named("a", one_profile)], &[]), Ok(()));
+        assert_eq!(validate(&[named("a", Sharing::Exclusive)], &[]), Ok(()));
+        assert_eq!(
+            validate(&[named("a", Sharing::TimeSlicing { replicas: 1 })], &[]),
+            Ok(())
+        );
+        // Fallbacks.
+        let to = |f: &str| PoolSpec {
+            fallback: Some(f.into()),
+            ..ok.clone()
+        };
+        let b = named("b", Sharing::Exclusive);
+        assert_eq!(validate(&[to("b"), b.clone()], &[]), Ok(()));
+        for bad in ["a", "nowhere"] {
+            assert_eq!(
+                validate(&[to(bad), b.clone()], &[]),
+                Err(ConfigError::BadFallback {
+                    pool: "a".into(),
+                    fallback: bad.into()
+                })
+            );
+        }
+        // Models.
+        assert_eq!(
+            validate(std::slice::from_ref(&ok), &[m("x", "a"), m("x", "a")]),
+            Err(ConfigError::DuplicateModel("x".into()))
+        );
+        for (concurrency, slots_per_pod) in [(0, 1), (1, 0)] {
+            let model = ModelSpec {
+                concurrency,
+                slots_per_pod,
+                ..m("x", "a")
+            };
+            assert_eq!(
+                validate(std::slice::from_ref(&ok), &[model]),
+                Err(ConfigError::ZeroModelSize("x".into()))
+            );
+        }
+        let fits = ModelSpec {
+            slots_per_pod: 2,
+            ..m("x", "a")
+        };
+        assert_eq!(
+            validate(std::slice::from_ref(&ok), &[fits]),
+            Ok(()),
+            "2 of 2 slots"
+        );
+        let too_big = ModelSpec {
+            slots_per_pod: 3,
+            ..m("x", "a")
+        };
+        assert_eq!(
+            validate(std::slice::from_ref(&ok), &[too_big]),
+            Err(ConfigError::PodDoesNotFit {
+                model: "x".into(),
+                pool: "a".into(),
+                needs: 3,
+                offers: 2
+            })
+        );
+    }
+
+    #[test]
+    fn disruptions_name_themselves_and_all_but_a_rebalance_drain() {
+        let all = [
+            (Disruption::SpotInterruption, "spot_interruption", true),
+            (
+                Disruption::RebalanceRecommendation,
+                "rebalance_recommendation",
+                false,
+            ),
+            (Disruption::ScheduledChange, "scheduled_change", true),
+            (Disruption::Stopping, "stopping", true),
+            (Disruption::Terminating, "terminating", true),
+        ];
+        for (d, name, drains) in all {
+            assert_eq!(d.as_str(), name);
+            assert_eq!(d.needs_drain(), drains, "{name}");
+            assert_eq!(
+                serde_json::to_value(d).unwrap_or_default(),
+                serde_json::Value::from(name)
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_takes_work_only_when_nothing_holds_it_back_and_is_idle_from_its_mark() {
+        let t0 = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        let node = Node {
+            instance_id: "i".into(),
+            name: None,
+            pool: "p".into(),
+            state: NodeState::GpuReady,
+            launched_at: t0,
+            cordoned: false,
+            draining: false,
+            disruption: None,
+            in_flight: 0,
+            idle_since: Some(t0),
+            protected: false,
+        };
+        assert!(node.schedulable());
+        for n in [
+            Node {
+                cordoned: true,
+                ..node.clone()
+            },
+            Node {
+                draining: true,
+                ..node.clone()
+            },
+            Node {
+                disruption: Some(Disruption::RebalanceRecommendation),
+                ..node.clone()
+            },
+        ] {
+            assert!(!n.schedulable(), "{n:?}");
+        }
+        let window = chrono::Duration::seconds(60);
+        assert!(
+            node.idle_for(window, t0 + window),
+            "idle exactly the window"
+        );
+        assert!(!node.idle_for(window, t0 + chrono::Duration::seconds(59)));
+        let busy = Node {
+            in_flight: 1,
+            ..node.clone()
+        };
+        assert!(!busy.idle_for(window, t0 + window * 10));
+        let unmarked = Node {
+            idle_since: None,
+            ..node
+        };
+        assert!(!unmarked.idle_for(window, t0 + window * 10));
+    }
 }
