@@ -682,3 +682,70 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_fallback_that_cannot_run_the_profile_takes_nothing_and_nothing_redirected_is_not_reported() {
+    // Spot MIG pool short of capacity; its fallback has no 1g.10gb slices: the demand stays.
+    let mut mig_model = model("llama", "spot");
+    mig_model.mig_profile = Some("1g.10gb".into());
+    let c = config(
+        vec![
+            spot_pool("spot")
+                .mig(&[("1g.10gb", 7)])
+                .fallback("od")
+                .max(5),
+            on_demand_pool("od").mps(2).max(5),
+        ],
+        vec![mig_model],
+    );
+    let s = snapshot()
+        .queued("llama", 3)
+        .capacity_failure("spot", at(100))
+        .capacity_failure("spot", at(150));
+    let d = decide(&s, &c, at(200));
+    assert_eq!((d.desired("spot"), d.desired("od")), (Some(1), Some(0)));
+    assert!(!d.pools[1].reason.contains("from"), "{}", d.pools[1].reason);
+    // A constrained pool whose demand its nodes already hold sends nothing, and says nothing about it.
+    let c = config(
+        vec![
+            spot_pool("spot").mps(2).fallback("od").max(5),
+            on_demand_pool("od").mps(2).max(5),
+        ],
+        vec![model("llama", "spot")],
+    );
+    let s = snapshot()
+        .desired("spot", 1)
+        .node(ready("i-1", "spot").in_flight(1))
+        .in_flight("llama", 1)
+        .capacity_failure("spot", at(100))
+        .capacity_failure("spot", at(150));
+    let d = decide(&s, &c, at(200));
+    assert_eq!((d.desired("spot"), d.desired("od")), (Some(1), Some(0)));
+    assert_eq!(d.pools[1].reason, "no demand");
+}
+
+#[test]
+fn the_reason_counts_slots_and_says_when_there_is_no_demand() {
+    let d = decide(&snapshot().queued("llama", 3), &mps_config(), at(0));
+    assert!(
+        d.pools[0]
+            .reason
+            .contains("llama: 3 pods; 3 slots need 2 nodes"),
+        "{}",
+        d.pools[0].reason
+    );
+    // A known model with nothing asked is no demand, not "0 pods".
+    let d = decide(&snapshot().queued("llama", 0), &mps_config(), at(0));
+    assert_eq!(d.pools[0].reason, "no demand");
+}
+
+#[test]
+fn an_idle_window_too_long_for_the_calendar_never_removes_a_node() {
+    let mut c = mps_config();
+    c.timing.idle_window_s = u64::MAX;
+    let s = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").idle_since(at(0)));
+    let d = decide(&s, &c, at(1_000_000));
+    assert!(terminated(&d).is_empty(), "{:?}", kinds(&d));
+}
