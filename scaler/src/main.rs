@@ -4,6 +4,7 @@
 mod custody_cli;
 mod explain;
 mod plan;
+mod recommend;
 mod run_scaler;
 mod simulate;
 
@@ -89,6 +90,15 @@ enum Command {
     /// Two models talk through zerospot's queues: each turn is a request to the other model carrying
     /// the dialogue so far, printed as it streams.
     Converse(custody_cli::ConverseArgs),
+    /// How many model servers should share one GPU through MPS? Reads a GPU sharing benchmark's results
+    /// (tests/gpu/bench.py; scaler/sim/data/gpu-sharing-h200-ollama.csv is one on an H200) and prints the
+    /// MPS `replicas` value with the most aggregate tokens/s while every request still streams at least
+    /// --slo-tokens-per-s.
+    ///
+    /// Only measured process counts are candidates. Exit 2 on a malformed file or an unknown model, 1
+    /// when no measured count meets the SLO (the message names the best there is).
+    #[command(name = "recommend-replicas")]
+    RecommendReplicas(recommend::Args),
     /// Checks a scaler configuration file and prints it with every default filled in (exit 2 when
     /// it is invalid, with what to fix).
     Config {
@@ -160,6 +170,7 @@ fn main() -> ExitCode {
         Command::Dispatcher(args) => custody_cli::dispatcher(args),
         Command::Submit(args) => custody_cli::submit_cmd(args),
         Command::Converse(args) => custody_cli::converse(args),
+        Command::RecommendReplicas(args) => recommend::run(args),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => run_scaler::check(&file),

@@ -343,7 +343,7 @@ class Writer:
                 continue
             new = not path.exists() or path.stat().st_size == 0
             f = open(path, "a", newline="")
-            w = csv.writer(f)
+            w = csv.writer(f, lineterminator="\n")
             if new:
                 w.writerow(header)
             self.files.append((f, w, header))

@@ -27,7 +27,9 @@ for dir in "$@"; do
         [[ -f $f ]] || continue
         name=$(basename "$f")
         case $name in
-        results-*.csv | detail-*.csv | bench-*.log | converse-*.txt | dispatcher.log)
+        results-*.csv | detail-*.csv) # Unix line ends (Python's csv module writes \r\n by default)
+            tr -d '\r' <"$f" >"$RESULTS/$name"; log "$name -> tests/gpu/results/" ;;
+        bench-*.log | converse-*.txt | dispatcher.log)
             cp "$f" "$RESULTS/$name"; chmod u+w "$RESULTS/$name"; log "$name -> tests/gpu/results/" ;;
         cuda-libs.tar.xz.part* | cuda-libs.sha256) ;;
         *) log "left alone: $name" ;;
