@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Here, after device calls: takes what came back from them (the folders the device tool copied $OUT into)
 # and puts it where it belongs:
-#   results-*.csv, detail-*.csv, bench-*.log, converse-*.txt, dispatcher.log -> tests/gpu/results/
+#   results-*.csv, detail-*.csv, converse-*.txt -> tests/gpu/results/; bench-*.log and dispatcher.log there
+#       as .txt (the repository ignores *.log)
 #   cuda-libs.tar.xz.part* + cuda-libs.sha256 -> joined and checked into
 #       ${ZEROSPOT_CACHE:-~/.cache/zerospot}/gpu/cuda-libs/cuda-libs.tar.xz (for stage.sh --cuda-libs)
 # then rebuilds scaler/sim/data/gpu-sharing-h200-ollama.csv from tests/gpu/results/results-*.csv (small
@@ -29,7 +30,10 @@ for dir in "$@"; do
         case $name in
         results-*.csv | detail-*.csv) # Unix line ends (Python's csv module writes \r\n by default)
             tr -d '\r' <"$f" >"$RESULTS/$name"; log "$name -> tests/gpu/results/" ;;
-        bench-*.log | converse-*.txt | dispatcher.log)
+        bench-*.log | dispatcher.log) # kept as .txt: the repository ignores *.log
+            cp "$f" "$RESULTS/${name%.log}.txt"; chmod u+w "$RESULTS/${name%.log}.txt"
+            log "$name -> tests/gpu/results/${name%.log}.txt" ;;
+        converse-*.txt)
             cp "$f" "$RESULTS/$name"; chmod u+w "$RESULTS/$name"; log "$name -> tests/gpu/results/" ;;
         cuda-libs.tar.xz.part* | cuda-libs.sha256) ;;
         *) log "left alone: $name" ;;
