@@ -537,7 +537,8 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             consolidating = pool_nodes
                 .iter()
                 .copied()
-                .filter(|n| usable(n) && n.state == NodeState::GpuReady)
+                // Every node left here is usable and GPU-ready (the guard above), or is being terminated
+                // this decision, which only an idle node is.
                 .filter(|n| n.in_flight > 0 && settled(n))
                 .min_by(|a, b| {
                     a.in_flight

@@ -734,9 +734,51 @@ fn the_reason_counts_slots_and_says_when_there_is_no_demand() {
         "{}",
         d.pools[0].reason
     );
+    assert!(
+        !d.pools[0].reason.contains("held at"),
+        "{}",
+        d.pools[0].reason
+    );
+    assert!(
+        !d.pools[0].reason.contains("unusable"),
+        "{}",
+        d.pools[0].reason
+    );
     // A known model with nothing asked is no demand, not "0 pods".
     let d = decide(&snapshot().queued("llama", 0), &mps_config(), at(0));
     assert_eq!(d.pools[0].reason, "no demand");
+    // An interrupted node being replaced, and a busy node holding the group above the need, are said.
+    let s = snapshot()
+        .desired("gpu", 2)
+        .node(
+            ready("i-1", "gpu")
+                .in_flight(1)
+                .disrupted(Disruption::SpotInterruption),
+        )
+        .node(ready("i-2", "gpu").in_flight(1))
+        .in_flight("llama", 1);
+    let d = decide(&s, &mps_config(), at(0));
+    assert!(
+        d.pools[0]
+            .reason
+            .contains("; 1 unusable nodes being replaced"),
+        "{}",
+        d.pools[0].reason
+    );
+    let s = snapshot()
+        .desired("gpu", 3)
+        .node(ready("i-1", "gpu").in_flight(1))
+        .node(ready("i-2", "gpu").in_flight(1))
+        .node(ready("i-3", "gpu").in_flight(1))
+        .in_flight("llama", 1);
+    let d = decide(&s, &mps_config(), at(0));
+    assert!(
+        d.pools[0]
+            .reason
+            .contains("; held at 3 (min 0, max 4, 3 present)"),
+        "{}",
+        d.pools[0].reason
+    );
 }
 
 #[test]
