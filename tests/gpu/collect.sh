@@ -5,7 +5,7 @@
 #       as .txt (the repository ignores *.log)
 #   cuda-libs.tar.xz.part* + cuda-libs.sha256 -> joined and checked into
 #       ${ZEROSPOT_CACHE:-~/.cache/zerospot}/gpu/cuda-libs/cuda-libs.tar.xz (for stage.sh --cuda-libs)
-# then rebuilds scaler/sim/data/gpu-sharing-h200-ollama.csv from tests/gpu/results/results-*.csv (small
+# then removes the staged loads (.gpu/) and rebuilds scaler/sim/data/gpu-sharing-h200-ollama.csv from tests/gpu/results/results-*.csv (small
 # model first, then the 7B shape; one header).
 #
 # Usage: bash tests/gpu/collect.sh DIR...
@@ -48,6 +48,9 @@ for dir in "$@"; do
         log "CUDA backend -> $CACHE/gpu/cuda-libs/cuda-libs.tar.xz (stage.sh --cuda-libs takes it)"
     fi
 done
+
+# The staged loads have travelled: they do not stay in the checkout (large files, even ignored ones).
+rm -rf "$REPO/.gpu"
 
 shopt -s nullglob
 parts=()

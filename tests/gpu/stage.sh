@@ -38,6 +38,8 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${ZEROSPOT_CACHE:-$HOME/.cache/zerospot}"
 STAGE=$CACHE/gpu
 log() { printf '[stage %(%H:%M:%S)T] %s\n' -1 "$*"; }
+# Puts a cached file under the name it travels by (a hard link: the cache is not doubled).
+place() { ln -f "$1" "$2" 2>/dev/null || cp "$1" "$2"; }
 die() { log "ERROR: $*" >&2; exit 1; }
 
 converse=0 cuda_libs="" zerospot_bin="" load_mib=""
@@ -63,7 +65,7 @@ files=()
 # 1. The CUDA backend from an earlier call, or the sources to build it.
 if [[ -n $cuda_libs ]]; then
     [[ -f $cuda_libs ]] || die "--cuda-libs $cuda_libs: no such file"
-    cp "$cuda_libs" "$STAGE/cuda-libs.tar.xz"
+    place "$cuda_libs" "$STAGE/cuda-libs.tar.xz"
     files+=("$STAGE/cuda-libs.tar.xz")
 else
     src=$STAGE/ggml-src-$OLLAMA_VERSION.tar.gz
@@ -74,14 +76,14 @@ else
         tar -C "$mod" -czf "$src.tmp" CMakeLists.txt CMakePresets.json ml/backend/ggml/ggml && mv "$src.tmp" "$src"
         log "packed Ollama $OLLAMA_VERSION's ggml sources: $(du -h "$src" | cut -f1)"
     fi
-    cp "$src" "$STAGE/ggml-src.tar.gz"
+    place "$src" "$STAGE/ggml-src.tar.gz"
     files+=("$STAGE/ggml-src.tar.gz")
 fi
 
 # 2. The ollama binary (a CPU build: the CUDA backend is a library it loads).
 xzed=$STAGE/ollama-$OLLAMA_VERSION-$(sha256sum "$OLLAMA_BIN" | cut -c1-12).xz
 [[ -f $xzed ]] || { xz -T0 -6 -c "$OLLAMA_BIN" >"$xzed.tmp" && mv "$xzed.tmp" "$xzed"; }
-cp "$xzed" "$STAGE/ollama.xz"
+place "$xzed" "$STAGE/ollama.xz"
 files+=("$STAGE/ollama.xz")
 
 # 3. PyPI gguf.
@@ -96,7 +98,7 @@ files+=("$wheels"/gguf-*.whl)
 sha=$(sed -n 's/^\([0-9a-f]*\) .*/\1/p' "$MODEL_DIR/SHA256SUMS")
 gz=$STAGE/gemma3-270m-q4_k_m-${sha:0:12}.gguf.gz
 [[ -f $gz ]] || { gzip -1 -c "$MODEL_DIR/model.gguf" >"$gz.tmp" && mv "$gz.tmp" "$gz"; }
-cp "$gz" "$STAGE/gemma3-270m-q4_k_m.gguf.gz"
+place "$gz" "$STAGE/gemma3-270m-q4_k_m.gguf.gz"
 files+=("$STAGE/gemma3-270m-q4_k_m.gguf.gz")
 
 # 5. For the converse demo: moto's wheels and the zerospot binary.
