@@ -564,6 +564,16 @@ mod tests {
     }
 
     #[test]
+    fn a_model_runs_one_request_per_pod_in_one_slot_unless_told() {
+        let spec: ModelSpec =
+            serde_json::from_str(r#"{"name": "m", "pool": "p"}"#).unwrap_or_else(|_| m("?", "?"));
+        assert_eq!(
+            (spec.name.as_str(), spec.concurrency, spec.slots_per_pod),
+            ("m", 1, 1)
+        );
+    }
+
+    #[test]
     fn disruptions_name_themselves_and_all_but_a_rebalance_drain() {
         let all = [
             (Disruption::SpotInterruption, "spot_interruption", true),
