@@ -748,6 +748,9 @@ async fn the_dashboard_queries_only_metrics_the_scaler_and_the_dispatcher_export
         "zerospot_api_errors_total",
         "zerospot_dispatcher_requests_answered_total",
         "zerospot_dispatcher_requests_in_flight",
+        "zerospot_dispatcher_requests_released_total",
+        "zerospot_dispatcher_pod_ready_seconds_bucket",
+        "zerospot_dispatcher_total_seconds_bucket",
     ] {
         assert!(used.contains(must), "the dashboard does not show {must}");
     }
