@@ -208,9 +208,9 @@ impl Request {
         {
             return Err(RequestError::DeadlinePassed { deadline, now });
         }
+        // `"options": null` arrives as `None`: serde reads JSON null into an absent option.
         let options = match wire.options {
             None => None,
-            Some(raw) if raw.get().trim() == "null" => None,
             Some(raw) => Some(RawOptions::checked(raw)?),
         };
         Ok(Request {
@@ -356,6 +356,29 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(&Request::parse(body, now()).unwrap_err(), want, "{body}");
         }
+    }
+
+    #[test]
+    fn a_body_of_exactly_the_limit_is_read_and_options_tell_requests_apart() {
+        let head = r#"{"version":1,"id":"r","model":"m","prompt":""#;
+        let tail = r#""}"#;
+        let body = format!(
+            "{head}{}{tail}",
+            "x".repeat(MAX_BODY_BYTES - head.len() - tail.len())
+        );
+        assert_eq!(body.len(), MAX_BODY_BYTES);
+        assert!(Request::parse(&body, now()).is_ok());
+        let with = |options: &str| {
+            Request::parse(
+                &format!(
+                    r#"{{"version":1,"id":"r","model":"m","prompt":"p","options":{options}}}"#
+                ),
+                now(),
+            )
+            .unwrap()
+        };
+        assert_ne!(with(r#"{"seed":1}"#), with(r#"{"seed":2}"#));
+        assert_eq!(with(r#"{"seed":1}"#), with(r#"{"seed":1}"#));
     }
 
     #[test]

@@ -297,3 +297,140 @@ fn a_health_scheduled_change_without_an_event_type_code_is_still_an_ec2_schedule
     }
     assert_eq!(e.action(), EventAction::CordonAndDrain);
 }
+
+#[test]
+fn every_action_has_its_json_name() {
+    let all = [
+        (EventAction::CordonAndDrain, "cordon_and_drain"),
+        (EventAction::CordonAndReplace, "cordon_and_replace"),
+        (EventAction::ForgetInstance, "forget_instance"),
+        (
+            EventAction::CompleteLaunchWhenReady,
+            "complete_launch_when_ready",
+        ),
+        (
+            EventAction::DrainThenCompleteLifecycle,
+            "drain_then_complete_lifecycle",
+        ),
+        (
+            EventAction::RecordCapacityFailure,
+            "record_capacity_failure",
+        ),
+        (EventAction::Reconcile, "reconcile"),
+        (EventAction::None, "none"),
+    ];
+    for (action, name) in all {
+        assert_eq!(action.as_str(), name);
+    }
+}
+
+fn state_change(state: &str) -> Event {
+    let doc = format!(
+        r#"{{"version":"0","id":"e1","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2",
+            "account":"123456789012","time":"2026-11-24T06:27:57Z","region":"us-east-1","resources":[],
+            "detail":{{"instance-id":"i-0abc","state":"{state}"}}}}"#
+    );
+    one(doc.as_bytes())
+}
+
+#[test]
+fn a_state_change_says_what_it_does_about_the_node() {
+    let stopping = state_change("stopping");
+    assert_eq!(stopping.action(), EventAction::CordonAndDrain);
+    assert_eq!(
+        stopping.reason(),
+        "i-0abc is stopping: drain it and replace it"
+    );
+    let gone = state_change("terminated");
+    assert_eq!(gone.action(), EventAction::ForgetInstance);
+    assert!(
+        gone.reason()
+            .starts_with("i-0abc is terminated: forget its node"),
+        "{}",
+        gone.reason()
+    );
+    assert_eq!(
+        state_change("running").reason(),
+        "i-0abc is running: re-check capacity"
+    );
+}
+
+#[test]
+fn the_envelope_is_kept_with_the_event() {
+    let parsed = parse_document(&fixture("health-scheduled-change.json")).unwrap();
+    let meta = &parsed[0].meta;
+    assert_eq!(
+        meta.id.as_deref(),
+        Some("7fb65329-1628-4cf3-a740-95fg457h1402")
+    );
+    assert_eq!(meta.source, "aws.health");
+    assert_eq!(meta.detail_type.as_deref(), Some("AWS Health Event"));
+    assert_eq!(meta.region.as_deref(), Some("us-east-1"));
+    assert_eq!(meta.account.as_deref(), Some("123456789012"));
+    assert_eq!(
+        meta.time.map(|t| t.to_rfc3339()),
+        Some("2026-11-24T06:27:57+00:00".to_owned())
+    );
+    assert!(
+        matches!(&parsed[0].event, Event::ScheduledChange { event_type_code, .. }
+            if event_type_code == "AWS_EC2_PERSISTENT_INSTANCE_RETIREMENT_SCHEDULED"),
+        "the given code is kept: {:?}",
+        parsed[0].event
+    );
+}
+
+fn health(service: &str, category: &str) -> Event {
+    let doc = format!(
+        r#"{{"version":"0","id":"h","detail-type":"AWS Health Event","source":"aws.health",
+            "account":"1","time":"2026-11-24T06:27:57Z","region":"us-east-1","resources":[],
+            "detail":{{"service":"{service}","eventTypeCategory":"{category}",
+                       "affectedEntities":[{{"entityValue":"i-1"}}]}}}}"#
+    );
+    one(doc.as_bytes())
+}
+
+#[test]
+fn only_ec2_scheduled_changes_move_capacity() {
+    assert_eq!(
+        health("EC2", "scheduledChange").action(),
+        EventAction::CordonAndDrain
+    );
+    assert_eq!(health("EC2", "issue").action(), EventAction::None);
+    assert_eq!(health("RDS", "scheduledChange").action(), EventAction::None);
+}
+
+fn launch_unsuccessful(
+    group: &str,
+    message: &str,
+) -> Result<Vec<zerospot_core::event::ParsedEvent>, EventError> {
+    let doc = format!(
+        r#"{{"version":"0","id":"l","detail-type":"EC2 Instance Launch Unsuccessful","source":"aws.autoscaling",
+            "account":"1","time":"2026-11-24T06:27:57Z","region":"us-east-1","resources":[],
+            "detail":{{"AutoScalingGroupName":"{group}","StatusMessage":"{message}","Cause":""}}}}"#
+    );
+    parse_document(doc.as_bytes())
+}
+
+#[test]
+fn a_launch_failure_needs_its_group_and_keeps_a_message_only_when_there_is_one() {
+    let e = launch_unsuccessful("gpu", "").unwrap().remove(0).event;
+    assert!(
+        matches!(&e, Event::LaunchUnsuccessful { message: None, .. }),
+        "{e:?}"
+    );
+    let e = launch_unsuccessful(
+        "gpu",
+        "We currently do not have sufficient g5.xlarge capacity",
+    )
+    .unwrap()
+    .remove(0)
+    .event;
+    assert!(
+        matches!(&e, Event::LaunchUnsuccessful { message: Some(m), .. } if m.contains("sufficient")),
+        "{e:?}"
+    );
+    assert!(
+        launch_unsuccessful(" ", "x").is_err(),
+        "a blank group name is no group"
+    );
+}
