@@ -143,10 +143,10 @@ impl Queue for MemoryQueue {
         Ok(())
     }
     async fn set_visibility(&self, _url: &str, receipt: &str, v: Duration) -> Result<(), AwsError> {
-        if let Ok(id) = receipt.parse::<u64>() {
-            if let Some(m) = self.inner.lock().unwrap().messages.get_mut(&id) {
-                m.1 = Instant::now() + v;
-            }
+        if let Ok(id) = receipt.parse::<u64>()
+            && let Some(m) = self.inner.lock().unwrap().messages.get_mut(&id)
+        {
+            m.1 = Instant::now() + v;
         }
         Ok(())
     }

@@ -48,11 +48,6 @@ pub fn node_unusable(node: &Node) -> Option<&'static str> {
     }
 }
 
-/// Whether a node can take requests: Ready, schedulable, not interrupted.
-pub fn node_usable(node: &Node) -> bool {
-    node_unusable(node).is_none()
-}
-
 /// Whether `pod` belongs to `model`'s Knative Service.
 pub fn is_model_pod(pod: &Pod, model: &ModelConfig) -> bool {
     pod.metadata.namespace.as_deref() == Some(model.namespace.as_str())
@@ -147,14 +142,6 @@ pub fn ready_pods(model: &ModelConfig, pods: &[&Pod], nodes: &[&Node]) -> Vec<Po
         .collect();
     out.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
     out
-}
-
-/// The nodes of `model`'s counted pods (one entry per pod).
-pub fn ready_pod_nodes(model: &ModelConfig, pods: &[&Pod], nodes: &[&Node]) -> Vec<String> {
-    ready_pods(model, pods, nodes)
-        .into_iter()
-        .map(|p| p.node)
-        .collect()
 }
 
 /// Free slots of `model` with `in_flight` requests running (`route` mode: the route picks the pod).
@@ -399,11 +386,27 @@ mod tests {
     #[test]
     fn work_in_flight_is_attributed_to_every_node_that_may_serve_it() {
         let m = model(2);
-        let pods = [pod("llama", "n1", true), pod("llama", "n2", true)];
+        let mut leaving = pod("llama", "n3", true);
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let pods = [
+            pod("llama", "n1", true),
+            pod("llama", "n2", true),
+            leaving,
+            pod("mistral", "n4", true),
+        ];
         let pod_refs: Vec<&Pod> = pods.iter().collect();
         let per_node = in_flight_per_node(&[(&m, 3)], &pod_refs);
         assert_eq!(per_node.get("n1"), Some(&2));
         assert_eq!(per_node.get("n2"), Some(&2));
+        assert_eq!(
+            per_node.get("n3"),
+            None,
+            "a terminating pod serves nothing new"
+        );
+        assert_eq!(per_node.get("n4"), None, "another model's pod");
         let idle = in_flight_per_node(&[(&m, 0)], &pod_refs);
         assert_eq!(idle.get("n1"), Some(&0));
     }
