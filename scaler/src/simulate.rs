@@ -53,20 +53,21 @@ pub(crate) struct Args {
     /// Requests one pod serves at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
-    /// Sharing slowdown curve: `small` (llama-1.1b on H100 with MPS) or `7b` (llama-7b). Ignored with
-    /// --sharing.
-    #[arg(long, default_value = "small", value_parser = ["small", "7b"])]
-    model_shape: String,
-    /// Measured sharing curve: a CSV with the header
+    /// Measured sharing curve (how much slower each process decodes with N on one GPU): a CSV with the
+    /// header
     /// `gpu,driver,date,model,weights_gb,sharing,processes,concurrency,tokens_per_s_each,tokens_per_s_total,ttft_p50_ms,ttft_p99_ms,gpu_mem_mib`;
-    /// the factor for N processes is tokens_per_s_each(N) / tokens_per_s_each(1), at concurrency 1.
+    /// the factor for N processes is tokens_per_s_each(N) / tokens_per_s_each(1), at concurrency 1,
+    /// linear between measured N, total throughput held flat past the largest. Default: the embedded
+    /// scaler/sim/data/gpu-sharing-h200-ollama.csv (Ollama on one NVIDIA H200, measured 2026-11-29),
+    /// model llama-7b-shape-random-q8_0 with mps: factors 1, 0.670, 0.400, 0.210 at 1, 2, 4, 8.
     #[arg(long, value_name = "FILE")]
     sharing: Option<PathBuf>,
-    /// The model whose rows --sharing uses (needed when the file has more than one).
-    #[arg(long, value_name = "NAME", requires = "sharing")]
+    /// The model whose rows the sharing curve uses (needed when --sharing's file has more than one;
+    /// default for the embedded file: llama-7b-shape-random-q8_0, also gemma3-270m-q4_k_m there).
+    #[arg(long, value_name = "NAME")]
     sharing_model: Option<String>,
-    /// The sharing mode whose rows --sharing uses.
-    #[arg(long, default_value = "mps", value_parser = ["mps", "time-slicing"], requires = "sharing")]
+    /// The sharing mode whose rows the sharing curve uses (--sharing's file or the embedded one).
+    #[arg(long, default_value = zerospot_sim::serving::DEFAULT_SHARING_MODE, value_parser = ["mps", "time-slicing"])]
     sharing_mode: String,
     /// A request that waited longer than this is lost, seconds.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
@@ -141,19 +142,20 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
     serving.pod_concurrency = args.concurrency;
     serving.prefill_tokens_per_s = instance.prefill_tokens_per_s;
     serving.decode_tokens_per_s = instance.decode_tokens_per_s;
-    if let Some(path) = &args.sharing {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::input(anyhow::anyhow!("reading {}: {e}", path.display())))?;
-        serving.curve = SharingCurve::from_csv(
-            &text,
-            &path.display().to_string(),
-            args.sharing_model.as_deref(),
-            &args.sharing_mode,
-        )
-        .map_err(Failure::input)?;
-    } else if args.model_shape == "7b" {
-        serving.curve = SharingCurve::h100_llama_7b_mps();
+    serving.curve = match &args.sharing {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::input(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+            SharingCurve::from_csv(
+                &text,
+                &path.display().to_string(),
+                args.sharing_model.as_deref(),
+                &args.sharing_mode,
+            )
+        }
+        None => SharingCurve::embedded(args.sharing_model.as_deref(), &args.sharing_mode),
     }
+    .map_err(Failure::input)?;
     scenario.cluster.deadline_s = args.deadline;
     scenario.cluster.max_nodes = args.max_nodes;
     scenario.cluster.series_points = if args.out.is_some() { 2_000 } else { 0 };

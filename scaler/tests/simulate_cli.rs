@@ -162,6 +162,40 @@ fn simulate_reads_a_measured_sharing_curve_and_names_a_bad_line() {
         doc["policies"][0]["queue_delay_s"].clone()
     };
     assert_ne!(wait(&base), wait(&measured), "the measured curve is used");
+    // The default is the committed H200 file's 7B-shaped model with MPS: passing them explicitly changes
+    // nothing; the embedded file's time-slicing rows or its other model do change the waits.
+    let h200 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sim/data/gpu-sharing-h200-ollama.csv"
+    );
+    let explicit = run(&[
+        "--sharing",
+        h200,
+        "--sharing-model",
+        "llama-7b-shape-random-q8_0",
+        "--sharing-mode",
+        "mps",
+    ]);
+    assert!(explicit.status.success());
+    assert_eq!(
+        base.stdout, explicit.stdout,
+        "the default is that file's rows"
+    );
+    let sliced = run(&["--sharing-mode", "time-slicing"]);
+    assert!(sliced.status.success());
+    assert_ne!(
+        wait(&base),
+        wait(&sliced),
+        "time-slicing rows of the default file"
+    );
+    let unknown = run(&["--sharing-model", "phi"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("scaler/sim/data/gpu-sharing-h200-ollama.csv")
+            && err.contains("gemma3-270m-q4_k_m, llama-7b-shape-random-q8_0"),
+        "{err}"
+    );
     // Two models in the file and none named: exit 2 with the choices.
     let ambiguous = run(&["--sharing", fixture]);
     assert_eq!(ambiguous.status.code(), Some(2));

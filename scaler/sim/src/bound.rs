@@ -172,7 +172,7 @@ mod tests {
             pod_concurrency: concurrency,
             prefill_tokens_per_s: 1000.0,
             decode_tokens_per_s: 100.0,
-            curve: SharingCurve::h100_llama_1b_mps(),
+            curve: SharingCurve::default(),
         }
     }
 

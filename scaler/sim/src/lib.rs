@@ -60,7 +60,8 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Defaults around `workload`: g5.xlarge, 4 MPS slots, one request per pod, the measured H100 curve.
+    /// Defaults around `workload`: g5.xlarge, 4 MPS slots, one request per pod, the sharing curve measured
+    /// on an H200 ([`SharingCurve::measured_default`]).
     pub fn new(workload: Workload, seed: u64) -> Self {
         let cloud = Cloud::new(cloud::INSTANCE_TYPES[1]);
         Scenario {
@@ -71,7 +72,7 @@ impl Scenario {
                     pod_concurrency: 1,
                     prefill_tokens_per_s: cloud.instance.prefill_tokens_per_s,
                     decode_tokens_per_s: cloud.instance.decode_tokens_per_s,
-                    curve: SharingCurve::h100_llama_1b_mps(),
+                    curve: SharingCurve::default(),
                 },
                 cloud,
                 deadline_s: 600.0,

@@ -5,8 +5,10 @@
 //! interpolated linearly in `N` from a measured curve. `N` counts the requests being served on the GPU
 //! *now*: the cluster re-times running requests whenever a neighbour starts or ends (processor sharing).
 //!
-//! A curve can be read from measurements ([`SharingCurve::from_csv`]) in the format of the project's
-//! GPU-sharing benchmark: `gpu,driver,date,model,weights_gb,sharing,processes,concurrency,
+//! The default curve is measured: the project's Ollama runs on one NVIDIA H200 (embedded from
+//! `scaler/sim/data/gpu-sharing-h200-ollama.csv`), the 7B-shaped model with CUDA MPS
+//! ([`SharingCurve::measured_default`]). Another curve can be read from measurements
+//! ([`SharingCurve::from_csv`]) in the format of the project's GPU-sharing benchmark: `gpu,driver,date,model,weights_gb,sharing,processes,concurrency,
 //! tokens_per_s_each,tokens_per_s_total,ttft_p50_ms,ttft_p99_ms,gpu_mem_mib`, one row per run.
 
 use crate::error::{Result, SimError};
@@ -20,16 +22,40 @@ pub struct SharingCurve {
     table: [f64; 17],
 }
 
+impl Default for SharingCurve {
+    /// [`SharingCurve::measured_default`].
+    fn default() -> Self {
+        Self::measured_default()
+    }
+}
+
 impl SharingCurve {
-    /// The default: `llama-1.1b` with MPS on an H100 (`gpu-sharing-h100-decode.csv`, measured 2026-11-24):
-    /// 582.2, 404.0, 265.8, 159.5 steps/s per process at 1, 2, 4, 8 processes.
-    pub fn h100_llama_1b_mps() -> Self {
-        Self::from_points(&[(1.0, 582.2), (2.0, 404.0), (4.0, 265.8), (8.0, 159.5)])
+    /// The default curve: the rows of [`DEFAULT_SHARING_MODEL`] under [`DEFAULT_SHARING_MODE`] at
+    /// concurrency 1 in the embedded [`DEFAULT_SHARING_CSV`] (Ollama on one NVIDIA H200, measured by the
+    /// project on 2026-11-29; `scaler/sim/data/README.md`): 209.2, 140.1, 83.7, 44.0 tokens/s per process
+    /// at 1, 2, 4, 8 processes, so factors 1, 0.670, 0.400, 0.210; linear in between (3 processes:
+    /// 0.535), total throughput held flat past 8 (`N` processes: `8 x 0.210 / N`).
+    ///
+    /// The file is compiled in and its reading is tested, so this cannot fail at run time.
+    #[expect(
+        clippy::expect_used,
+        reason = "the embedded file is a constant; the unit tests read it"
+    )]
+    pub fn measured_default() -> Self {
+        Self::embedded(None, DEFAULT_SHARING_MODE)
+            .expect("the embedded sharing file gives the default curve")
     }
 
-    /// `llama-7b` with MPS on the same H100: 173.2, 104.9, 56.9 at 1, 2, 4 processes (memory-bound).
-    pub fn h100_llama_7b_mps() -> Self {
-        Self::from_points(&[(1.0, 173.2), (2.0, 104.9), (4.0, 56.9)])
+    /// The curve for `model` (default [`DEFAULT_SHARING_MODEL`]) under `sharing` (`mps` or
+    /// `time-slicing`) from the embedded measurements [`DEFAULT_SHARING_CSV`], as [`Self::from_csv`]
+    /// reads them.
+    pub fn embedded(model: Option<&str>, sharing: &str) -> Result<Self> {
+        Self::from_csv(
+            DEFAULT_SHARING_CSV,
+            DEFAULT_SHARING_SOURCE,
+            Some(model.unwrap_or(DEFAULT_SHARING_MODEL)),
+            sharing,
+        )
     }
 
     /// A curve from measured points; extrapolated past the last point by keeping the total throughput flat.
@@ -193,6 +219,20 @@ impl SharingCurve {
     }
 }
 
+/// The measured sharing file embedded as the default curve's source: Ollama v0.17.4 on one NVIDIA H200,
+/// CUDA MPS and time-slicing, two models, 1 to 8 processes (`scaler/sim/data/README.md` says how).
+pub const DEFAULT_SHARING_CSV: &str = include_str!("../data/gpu-sharing-h200-ollama.csv");
+
+/// The embedded file's path in the repository, as errors about it name it.
+pub const DEFAULT_SHARING_SOURCE: &str = "scaler/sim/data/gpu-sharing-h200-ollama.csv";
+
+/// The model whose rows of [`DEFAULT_SHARING_CSV`] give the default curve: a llama with Llama 2 7B's
+/// shape (32 layers x 4096, Q8_0), the shape of the models zerospot deploys.
+pub const DEFAULT_SHARING_MODEL: &str = "llama-7b-shape-random-q8_0";
+
+/// The sharing mode of the default curve: CUDA MPS, as zerospot's GPU nodes run.
+pub const DEFAULT_SHARING_MODE: &str = "mps";
+
 /// The header line of a measured sharing file.
 pub const SHARING_HEADER: &str = "gpu,driver,date,model,weights_gb,sharing,processes,concurrency,tokens_per_s_each,tokens_per_s_total,ttft_p50_ms,ttft_p99_ms,gpu_mem_mib";
 
@@ -289,8 +329,90 @@ mod tests {
     }
 
     #[test]
-    fn the_default_curve_matches_the_measured_points_and_interpolates_between() {
-        let c = SharingCurve::h100_llama_1b_mps();
+    fn the_default_curve_is_the_7b_mps_rows_of_the_measured_h200_file() {
+        // Read the committed file independently of the loader: per-process tokens/s of the 7B-shaped
+        // model with MPS at concurrency 1, by process count.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/gpu-sharing-h200-ollama.csv"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            text, DEFAULT_SHARING_CSV,
+            "the embedded file is the committed one"
+        );
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = |name: &str| head.iter().position(|h| *h == name).unwrap();
+        let (model, sharing, procs, conc, each) = (
+            col("model"),
+            col("sharing"),
+            col("processes"),
+            col("concurrency"),
+            col("tokens_per_s_each"),
+        );
+        let mut measured: Vec<(u32, f64)> = lines
+            .map(|l| l.split(',').collect::<Vec<&str>>())
+            .filter(|f| {
+                f[model] == "llama-7b-shape-random-q8_0" && f[sharing] == "mps" && f[conc] == "1"
+            })
+            .map(|f| (f[procs].parse().unwrap(), f[each].parse().unwrap()))
+            .collect();
+        measured.sort_by_key(|p| p.0);
+        let ns: Vec<u32> = measured.iter().map(|p| p.0).collect();
+        assert_eq!(ns, [1, 2, 4, 8], "one row per process count");
+        let one = measured[0].1;
+
+        let c = SharingCurve::default();
+        assert_eq!(c, SharingCurve::measured_default());
+        assert_eq!(DEFAULT_SHARING_MODEL, "llama-7b-shape-random-q8_0");
+        assert_eq!(DEFAULT_SHARING_MODE, "mps");
+        for (n, each) in &measured {
+            let want = each / one;
+            assert!(
+                (c.factor(*n) - want).abs() < 1e-12,
+                "{n}: {} vs {want}",
+                c.factor(*n)
+            );
+        }
+        // Linear between measured points.
+        let at = |n: u32| measured.iter().find(|p| p.0 == n).unwrap().1 / one;
+        assert!((c.factor(3) - (at(2) + at(4)) / 2.0).abs() < 1e-12);
+        assert!((c.factor(6) - (at(4) + at(8)) / 2.0).abs() < 1e-12);
+        assert!((c.factor(5) - (at(4) + (at(8) - at(4)) / 4.0)).abs() < 1e-12);
+        // Past 8 processes the total throughput stays at 8 processes' (no data there).
+        for n in [9, 12, 16, 17, 40] {
+            assert!(
+                (c.factor(n) * f64::from(n) - at(8) * 8.0).abs() < 1e-9,
+                "{n}: total throughput flat past the data"
+            );
+        }
+        assert!(c.factor(16) < c.factor(8));
+        // Not the old synthetic H100 curve (0.694 at 2 processes).
+        assert!(c.factor(2) < 0.68, "{}", c.factor(2));
+
+        // The other mode and model of the embedded file, and a clear error for one it lacks.
+        let ts = SharingCurve::embedded(None, "time-slicing").unwrap();
+        assert!(
+            ts.factor(2) < c.factor(2),
+            "time-slicing shares worse than MPS"
+        );
+        let gemma = SharingCurve::embedded(Some("gemma3-270m-q4_k_m"), "mps").unwrap();
+        assert!(gemma.factor(2) > c.factor(2));
+        let e = SharingCurve::embedded(Some("phi"), "mps")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(DEFAULT_SHARING_SOURCE)
+                && e.contains("gemma3-270m-q4_k_m, llama-7b-shape-random-q8_0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_curve_from_points_interpolates_and_keeps_total_throughput_flat_past_the_data() {
+        let c =
+            SharingCurve::from_points(&[(1.0, 582.2), (2.0, 404.0), (4.0, 265.8), (8.0, 159.5)]);
         assert_eq!(c.factor(1), 1.0);
         assert!((c.factor(2) - 404.0 / 582.2).abs() < 1e-12);
         assert!((c.factor(3) - (404.0 + 265.8) / 2.0 / 582.2).abs() < 1e-12);

@@ -361,8 +361,10 @@ fn a_neighbour_starting_slows_a_running_request() {
     let report = run(&s);
     let p = report.policy("always-on").expect("always-on");
     assert_eq!((p.completed, p.wait_warm_s.count), (4, 3));
-    // A: 90 tokens alone in its first second, the other 810 at the two-process speed.
-    let f2 = 404.0 / 582.2;
+    // A: 90 tokens alone in its first second, the other 810 at the two-process speed of the default
+    // curve (its value is checked against the measured file in serving.rs).
+    let f2 = s.cluster.serving.curve.factor(2);
+    assert!(f2 > 0.5 && f2 < 0.75, "{f2}");
     let a_done = 601.0 + 810.0 / (90.0 * f2);
     let c_wait = p.wait_warm_s.max;
     assert!(
