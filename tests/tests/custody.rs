@@ -126,19 +126,9 @@ async fn collect_replies(
     within: Duration,
     done: impl Fn(&[Reply]) -> bool,
 ) -> Vec<Reply> {
-    let started = std::time::Instant::now();
-    let mut out = Vec::new();
-    while started.elapsed() < within && !done(&out) {
-        for m in queue
-            .receive(url, 10, Duration::from_secs(1), Duration::from_secs(30))
-            .await
-            .unwrap()
-        {
-            out.push(Reply::parse(&m.body).unwrap());
-            queue.delete(url, &m.receipt).await.unwrap();
-        }
-    }
-    out
+    let replies = |got: &[(Reply, u32)]| got.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>();
+    let got = collect_with_attempts(queue, url, within, |got| done(&replies(got))).await;
+    replies(&got)
 }
 
 /// Plays Knative's part for a model: its pod, asking for one MPS slot, pinned to the group's nodes.
