@@ -264,6 +264,9 @@ pub enum ConfigError {
     /// The headroom knob is not a finite number from 0 to 10.
     #[error("timing.headroom must be a number from 0 to 10, got {0}")]
     BadHeadroom(f64),
+    /// The relaunch risk is not a finite number above 0 and at most 1.
+    #[error("timing.relaunch_risk must be a number above 0 and at most 1, got {0}")]
+    BadRelaunchRisk(f64),
     /// A model pod can never fit on a node of its pool.
     #[error(
         "model {model:?}: a pod needs {needs} slots but a node of pool {pool:?} offers {offers}"

@@ -1,5 +1,6 @@
 //! Demand: what each model is asked to do right now, and how many pods that takes.
 
+use crate::estimate::GapHistogram;
 use serde::{Deserialize, Serialize};
 
 /// What one model is asked to do, as the controller observed it.
@@ -26,6 +27,14 @@ pub struct ModelDemand {
     /// when known. With `service_time_s`, it sizes pods for the work rather than for every queued request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrival_rate_per_s: Option<f64>,
+    /// Seconds since the last request arrived, when any did (see [`crate::estimate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_for_s: Option<f64>,
+    /// The gaps seen between arrivals, when known. With `silent_for_s` it says how likely a request is
+    /// within a cold start ([`ModelDemand::return_risk`]); it only holds nodes back from removal, it
+    /// never launches any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gaps: Option<GapHistogram>,
     /// Mean time one request holds a pod's lane, seconds (from completed requests), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_time_s: Option<f64>,
@@ -101,6 +110,15 @@ impl ModelDemand {
             self.in_flight
         };
         headroom.max(backlog).max(floor)
+    }
+
+    /// The chance that a request for this model arrives within `within_s` seconds, given the silence
+    /// so far and the gaps seen ([`GapHistogram::return_risk`]); `None` when either is unknown or too
+    /// few gaps were seen.
+    pub fn return_risk(&self, within_s: f64) -> Option<f64> {
+        self.gaps
+            .as_ref()?
+            .return_risk(self.silent_for_s.filter(|s| s.is_finite())?, within_s)
     }
 
     /// Pods this model needs: its lanes over `concurrency`, never fewer than Knative asks for or than
@@ -363,6 +381,34 @@ mod tests {
         let d1 = with_rate(d(1, 0), 0.0, 5.0);
         assert_eq!(d1.lanes_needed(1, &SIZING), 1);
         assert_eq!(d1.pods_needed(4, &SIZING), 1);
+    }
+
+    #[test]
+    fn the_return_risk_needs_both_the_silence_and_the_gaps() {
+        let mut gaps = GapHistogram::default();
+        for _ in 0..20 {
+            gaps.record(100.0);
+        }
+        let m = ModelDemand {
+            gaps: Some(gaps.clone()),
+            silent_for_s: Some(30.0),
+            ..Default::default()
+        };
+        let risk = m.return_risk(255.0).unwrap();
+        assert!(risk > 0.9, "{risk}");
+        assert_eq!(m.return_risk(255.0), gaps.return_risk(30.0, 255.0));
+        let no_silence = ModelDemand {
+            silent_for_s: None,
+            ..m.clone()
+        };
+        assert_eq!(no_silence.return_risk(255.0), None);
+        let bad_silence = ModelDemand {
+            silent_for_s: Some(f64::NAN),
+            ..m.clone()
+        };
+        assert_eq!(bad_silence.return_risk(255.0), None);
+        let no_gaps = ModelDemand { gaps: None, ..m };
+        assert_eq!(no_gaps.return_risk(255.0), None);
     }
 
     #[test]

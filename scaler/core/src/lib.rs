@@ -6,12 +6,14 @@
 //!
 //! - [`capacity`]: GPU pools, sharing modes (exclusive, MPS, time-slicing, MIG), models, nodes.
 //! - [`demand`]: per-model demand and the pods it needs.
+//! - [`estimate`]: arrival-rate and service-time estimates, kept by the dispatcher and the simulator.
 //! - [`policy`]: [`policy::decide`], the scaling decision.
 //! - [`event`]: EventBridge, SQS and alarm payloads parsed into typed events, and the action for each.
 //! - [`request`]: the versioned request schema clients put on the queue.
 
 pub mod capacity;
 pub mod demand;
+pub mod estimate;
 pub mod event;
 pub mod policy;
 pub mod request;

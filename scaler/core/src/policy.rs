@@ -8,15 +8,23 @@
 //! decision with [`Snapshot::apply`].
 //!
 //! # Rules
-//! - Pods needed per model: `max(ceil((queued + in_flight) / concurrency), desiredScale, actualScale +
-//!   pending)`. Any queued request gives one pod at once: scale from zero before a pod even pends.
+//! - Pods needed per model: `max(ceil(lanes / concurrency), desiredScale, actualScale + pending)`, where
+//!   the lanes are one per queued or in-flight request, or, with rate and service-time estimates,
+//!   square-root staffing of the offered load plus a backlog rule
+//!   ([`crate::demand::ModelDemand::lanes_needed`]). Any queued request gives one pod at once: scale
+//!   from zero before a pod even pends.
+//! - A pool keeps at least one node (removals only, never launches) while the chance that any of its
+//!   models gets a request within a cold start, from the gaps between arrivals seen and the silence so
+//!   far, is at least [`Timing::relaunch_risk`] ([`crate::demand::ModelDemand::return_risk`]).
 //! - Nodes needed per pool: `ceil(slots needed / slots per node)`, slots counting MPS or time-slicing
 //!   replicas (or MIG slices per profile, taking the profile that needs most nodes).
 //! - Usable nodes: schedulable, not disrupted, and (if still launching) within the launch timeout.
 //!   Unusable nodes still hold a place in the group, so the desired capacity is `needed + unusable`: an
 //!   interrupted node's replacement is requested at once, while it drains.
-//! - Scale up at once. Scale down only usable nodes idle (nothing in flight) for the idle window, and
-//!   disrupted or drained nodes once idle; never a node with work in flight.
+//! - Scale up at once. Scale down only usable nodes idle (nothing in flight) for the idle window beyond
+//!   the nodes kept, and disrupted or drained nodes once idle; never a node with work in flight. When
+//!   two ready nodes more than those kept are there, the least-loaded busy one is consolidated: it takes
+//!   no new work and goes once its requests are done.
 //! - The desired capacity never drops below the instances still present (the group would pick a victim
 //!   itself) and always stays within `[min, max]`.
 //! - Busy nodes, and nodes idle for less than the idle window, carry scale-in protection; others do not,
@@ -74,6 +82,14 @@ pub struct Timing {
     /// of their 29 goals, 1.5 met 25, 21, 23 and 22 (more headroom nodes, more of them removed and
     /// launched again), 2.0 met 23 on seed 1.
     pub headroom: f64,
+    /// A pool's last node is removed only while the chance that any of its models gets a request within
+    /// a cold start (from the gaps between arrivals and the silence so far,
+    /// [`crate::demand::ModelDemand::return_risk`]) is below this.
+    /// Default 0.2: a removal is a bet that nothing comes back before a new node could boot, made only
+    /// at odds of 4 to 1 or better, because losing it pays a second boot and makes a request wait one
+    /// cold start (zerospot's flap goal: at most 20 % of removals followed by a launch within one cold
+    /// start). 1.0 turns the guard off (only the recent rate and the idle window decide).
+    pub relaunch_risk: f64,
 }
 
 impl Default for Timing {
@@ -86,6 +102,7 @@ impl Default for Timing {
             backlog_drain_s: 255,
             cold_start_s: 255,
             headroom: 1.0,
+            relaunch_risk: 0.2,
         }
     }
 }
@@ -121,6 +138,10 @@ impl Config {
         let h = self.timing.headroom;
         if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
             return Err(ConfigError::BadHeadroom(h));
+        }
+        let r = self.timing.relaunch_risk;
+        if !(r.is_finite() && r > 0.0 && r <= 1.0) {
+            return Err(ConfigError::BadRelaunchRisk(r));
         }
         Ok(())
     }
@@ -327,6 +348,8 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
 
     // Demand, in slots per pool.
     let mut demand: Vec<PoolDemand> = config.pools.iter().map(|_| PoolDemand::default()).collect();
+    // Per pool, the chance that none of its models gets a request within a cold start.
+    let mut quiet: Vec<f64> = vec![1.0; config.pools.len()];
     for d in &snapshot.demand {
         let Some(model) = model_index.get(d.model.as_str()) else {
             if d.is_active() {
@@ -339,6 +362,9 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         let Some(&pi) = pool_index.get(model.pool.as_str()) else {
             continue;
         };
+        if let Some(risk) = d.return_risk(sizing.cold_start_s) {
+            quiet[pi] *= 1.0 - risk;
+        }
         let pods = d.pods_needed(model.concurrency, &sizing);
         if pods > 0 {
             demand[pi].add(
@@ -418,6 +444,10 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         let pool_nodes = &nodes[pi];
         let needed = saturate(demand[pi].nodes(pool));
         let keep_usable = needed.clamp(min, max);
+        // Nodes removals leave: those needed, and one while a request is likely within a cold start
+        // (it would be launched again before it could boot). Launches nothing.
+        let returning = 1.0 - quiet[pi] >= timing.relaunch_risk;
+        let keep_nodes = needed.max(u32::from(returning)).clamp(min, max);
         let mut running_desired = current;
         let mut terminated = 0u32;
         let mut unusable_left = 0u32;
@@ -494,7 +524,7 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             .iter()
             .filter(|n| usable(n) && n.state == NodeState::GpuReady)
             .count();
-        let surplus = ready_now.saturating_sub(keep_usable as usize);
+        let surplus = ready_now.saturating_sub(keep_nodes as usize);
         idle_usable.sort_by(|a, b| {
             a.idle_since
                 .cmp(&b.idle_since)
@@ -532,7 +562,7 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         let mut consolidating: Option<&Node> = None;
         if unusable_left == 0
             && saturate(usable_count[pi]) == ready_usable
-            && staying >= keep_usable.saturating_add(2)
+            && staying >= keep_nodes.saturating_add(2)
         {
             consolidating = pool_nodes
                 .iter()

@@ -214,6 +214,20 @@ impl Snapshot {
         d.service_time_s = Some(service_s);
         self
     }
+    /// Sets `model`'s silence since its last arrival (s) and the gaps between arrivals seen, `(gap s,
+    /// how many)`.
+    pub fn gaps(mut self, model: &str, silent_s: f64, gaps: &[(f64, u32)]) -> Self {
+        let mut h = crate::estimate::GapHistogram::default();
+        for &(gap, n) in gaps {
+            for _ in 0..n {
+                h.record(gap);
+            }
+        }
+        let d = self.demand_mut(model);
+        d.silent_for_s = Some(silent_s);
+        d.gaps = Some(h);
+        self
+    }
     /// Records a capacity failure in `pool` at `t`.
     pub fn capacity_failure(mut self, pool: &str, t: DateTime<Utc>) -> Self {
         self.pool_state_mut(pool).capacity_failures.push(t);

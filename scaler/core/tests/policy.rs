@@ -481,6 +481,96 @@ fn headroom_keeps_an_idle_node_while_requests_keep_coming() {
 }
 
 #[test]
+fn the_last_node_stays_while_a_request_is_likely_within_a_cold_start() {
+    let c = mps_config();
+    let window = c.timing.idle_window_s as i64;
+    let idle = || {
+        snapshot()
+            .desired("gpu", 1)
+            .node(ready("i-1", "gpu").idle_since(at(0)).protected())
+    };
+    // Requests came every 400 s or so, and it has been silent 300 s: the next is due within a cold
+    // start.
+    let due = idle().gaps("llama", 300.0, &[(400.0, 30)]);
+    let d = decide(&due, &c, at(window * 2));
+    assert!(terminated(&d).is_empty(), "{:?}", kinds(&d));
+    assert_eq!(d.desired("gpu"), Some(1));
+    // Silent past every gap seen: traffic has stopped; the idle window decides.
+    let over = idle().gaps("llama", 5000.0, &[(400.0, 30)]);
+    assert_eq!(terminated(&decide(&over, &c, at(window))), vec!["i-1"]);
+    // Bursts of 10 s gaps with hours between them: 60 s into a silence the next burst is far.
+    let lull = idle().gaps("llama", 60.0, &[(10.0, 80), (7200.0, 20)]);
+    assert_eq!(terminated(&decide(&lull, &c, at(window))), vec!["i-1"]);
+    // Too few gaps to say anything: the idle window decides.
+    let young = idle().gaps("llama", 300.0, &[(400.0, 4)]);
+    assert_eq!(terminated(&decide(&young, &c, at(window))), vec!["i-1"]);
+    // It only holds a node back: nothing is launched for it.
+    let empty = snapshot().gaps("llama", 300.0, &[(400.0, 30)]);
+    let d = decide(&empty, &c, at(window));
+    assert_eq!(d.desired("gpu"), Some(0));
+    assert!(d.actions.is_empty(), "{:?}", kinds(&d));
+    // The idle window still applies first.
+    assert!(terminated(&decide(&over, &c, at(window - 1))).is_empty());
+}
+
+#[test]
+fn the_return_risks_of_a_pools_models_add_up() {
+    let mut c = config(
+        vec![spot_pool("gpu").mps(2).max(4), spot_pool("cpu").max(4)],
+        vec![
+            model("llama", "gpu"),
+            model("qwen", "gpu"),
+            model("elsewhere", "cpu"),
+        ],
+    );
+    // A few gaps that end within a cold start of a 300 s silence, most far longer: one model alone is
+    // below a knob set just above its risk, two models of the pool together are above it.
+    let gaps = [(300.0, 3), (100_000.0, 17)];
+    let one = snapshot()
+        .desired("gpu", 1)
+        .node(ready("i-1", "gpu").idle_since(at(0)).protected())
+        .gaps("llama", 300.0, &gaps);
+    let risk = one.demand[0].return_risk(255.0).unwrap();
+    assert!(risk > 0.0 && risk < 0.5, "{risk}");
+    c.timing.relaunch_risk = (risk + 1e-6).min(1.0);
+    let window = c.timing.idle_window_s as i64;
+    assert_eq!(terminated(&decide(&one, &c, at(window))), vec!["i-1"]);
+    let two = one.clone().gaps("qwen", 300.0, &gaps);
+    let d = decide(&two, &c, at(window));
+    assert!(
+        terminated(&d).is_empty(),
+        "1 - (1 - {risk})^2 is above the knob: {:?}",
+        kinds(&d)
+    );
+    // At the knob exactly, the node stays.
+    c.timing.relaunch_risk = risk;
+    assert!(terminated(&decide(&one, &c, at(window))).is_empty());
+    // Models of other pools do not count.
+    let other = one.clone().gaps("elsewhere", 300.0, &gaps);
+    c.timing.relaunch_risk = (risk + 1e-6).min(1.0);
+    assert_eq!(terminated(&decide(&other, &c, at(window))), vec!["i-1"]);
+}
+
+#[test]
+fn the_relaunch_risk_knob_is_validated() {
+    for bad in [f64::NAN, 0.0, -0.1, 1.01, f64::INFINITY] {
+        let mut c = mps_config();
+        c.timing.relaunch_risk = bad;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("timing.relaunch_risk must be a number above 0 and at most 1"),
+            "{e}"
+        );
+    }
+    for good in [0.01, 0.2, 1.0] {
+        let mut c = mps_config();
+        c.timing.relaunch_risk = good;
+        assert!(c.validate().is_ok(), "{good}");
+    }
+}
+
+#[test]
 fn the_headroom_knob_is_validated() {
     for bad in [f64::NAN, -0.5, 10.5, f64::INFINITY] {
         let mut c = mps_config();

@@ -540,6 +540,8 @@ pub fn observe(
                 pending_pods: u32::try_from(pending).unwrap_or(u32::MAX),
                 arrival_rate_per_s: None,
                 service_time_s: None,
+                silent_for_s: None,
+                gaps: None,
             }
         })
         .collect();

@@ -27,6 +27,8 @@ use crate::serving::Serving;
 use crate::workload::{Request, Workload};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use zerospot_core::ModelDemand;
+use zerospot_core::estimate::DemandEstimate;
 
 /// What a scheduled event does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -154,24 +156,15 @@ pub(crate) struct Asg {
     pub failures: Vec<f64>,
 }
 
-/// Window of the arrival-rate estimate, seconds.
-const RATE_WINDOW_S: f64 = 60.0;
-/// Pseudo-time added to the rate estimate's observed window, seconds: one request seen in the first
-/// second is a rate of 1/10 per second, not 1 per second.
-const RATE_PRIOR_S: f64 = 10.0;
-/// Time constant over which the service-time estimate forgets old completions, seconds: after ten
-/// minutes without any it is back to the prior.
-const SERVICE_MEMORY_S: f64 = 600.0;
-
 /// What zerospot's controller reports to the core's `decide` about each model's queue.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DemandSignal {
     /// No rate estimate: every queued request (SQS visible messages) counts as a lane of work, the core's
     /// fallback when the controller has no arrival-rate or service-time figures.
     Queued,
-    /// The queue with an arrival-rate estimate (decayed over 60 s, with 10 s of prior silence so that the
-    /// first requests do not read as a flood) and a service-time estimate (completions weighted by age
-    /// over 10 minutes, with `prior_service_s` counted as one completion).
+    /// The queue with the estimates the dispatcher keeps ([`zerospot_core::estimate::DemandEstimate`]):
+    /// the recent arrival rate, the gaps between arrivals and a service time (`prior_service_s` counted
+    /// as one completion).
     RateAware {
         /// Service time assumed before any request completed, seconds.
         prior_service_s: f64,
@@ -289,14 +282,8 @@ pub(crate) struct Cluster<'w> {
     pub cold_queued: Vec<u32>,
     /// When each model's current cold episode began.
     cold_since: Vec<f64>,
-    /// Arrival rate estimate per model: `(decayed count, at)`, exponentially decayed (60 s).
-    arrival_rate: Vec<(f64, f64)>,
-    /// First arrival per model (for the rate estimate's warm-up).
-    first_arrival: Vec<f64>,
-    /// Service time estimate per model: `(decayed sum of times, decayed count, at)`.
-    service_estimate: Vec<(f64, f64, f64)>,
-    /// The service-time prior, seconds.
-    prior_service_s: f64,
+    /// Arrival-rate and service-time estimates per model, as the dispatcher keeps them.
+    estimates: Vec<DemandEstimate>,
     /// Pods per model that are placed (loading or ready, not terminating).
     pub pods_placed: Vec<u32>,
     /// Pods per model that are ready and not terminating.
@@ -381,10 +368,7 @@ impl<'w> Cluster<'w> {
             kpa: vec![Kpa::default(); models],
             cold_queued: vec![0; models],
             cold_since: vec![0.0; models],
-            arrival_rate: vec![(0.0, 0.0); models],
-            first_arrival: vec![f64::NAN; models],
-            service_estimate: vec![(0.0, 0.0, 0.0); models],
-            prior_service_s: 5.0,
+            estimates: vec![DemandEstimate::new(5.0); models],
             pods_placed: vec![0; models],
             pods_ready: vec![0; models],
             pending: vec![0; models],
@@ -412,7 +396,8 @@ impl<'w> Cluster<'w> {
     pub fn set_demand_signal(&mut self, signal: DemandSignal) {
         self.demand_signal = signal;
         if let DemandSignal::RateAware { prior_service_s } = signal {
-            self.prior_service_s = prior_service_s;
+            let fresh = DemandEstimate::new(prior_service_s);
+            self.estimates.iter_mut().for_each(|e| *e = fresh.clone());
         }
     }
 
@@ -667,22 +652,17 @@ impl<'w> Cluster<'w> {
 
     // ----- pods -----
 
-    /// The arrival-rate and service-time estimates for model `m`, when the signal uses them.
-    pub fn rate_estimates(&self, m: usize) -> Option<(f64, f64)> {
-        if !matches!(self.demand_signal, DemandSignal::RateAware { .. }) {
-            return None;
+    /// Copies model `m`'s rate and service-time estimates into `d` when the signal uses them, and
+    /// clears them otherwise.
+    pub fn fill_estimates(&self, m: usize, d: &mut ModelDemand) {
+        if matches!(self.demand_signal, DemandSignal::RateAware { .. }) {
+            self.estimates[m].fill(self.now, d);
+        } else {
+            d.arrival_rate_per_s = None;
+            d.silent_for_s = None;
+            d.gaps = None;
+            d.service_time_s = None;
         }
-        let (sum, count, at) = self.service_estimate[m];
-        let fade = (-(self.now - at).max(0.0) / SERVICE_MEMORY_S).exp();
-        let service = (sum * fade + self.prior_service_s) / (count * fade + 1.0);
-        if self.first_arrival[m].is_nan() {
-            return Some((0.0, service));
-        }
-        let (decayed, at) = self.arrival_rate[m];
-        let count = decayed * (-(self.now - at) / RATE_WINDOW_S).exp();
-        let age = (self.now - self.first_arrival[m]).max(0.0);
-        let observed = RATE_WINDOW_S * (1.0 - (-age / RATE_WINDOW_S).exp());
-        Some((count / (observed + RATE_PRIOR_S), service))
     }
 
     /// Lanes (pod concurrency) in free slots of GPU-ready schedulable nodes, less those pending pods
@@ -922,14 +902,7 @@ impl<'w> Cluster<'w> {
 
     pub fn arrive(&mut self, r: u32) {
         let m = self.requests[r as usize].model as usize;
-        if self.first_arrival[m].is_nan() {
-            self.first_arrival[m] = self.now;
-        }
-        let (count, at) = self.arrival_rate[m];
-        self.arrival_rate[m] = (
-            count * (-(self.now - at) / RATE_WINDOW_S).exp() + 1.0,
-            self.now,
-        );
+        self.estimates[m].arrived(self.now);
         let cold = self.pods_ready[m] == 0 || self.cold_queued[m] > 0;
         if self.pods_ready[m] == 0 && self.cold_queued[m] == 0 {
             self.c.cold_starts += 1;
@@ -1126,9 +1099,7 @@ impl<'w> Cluster<'w> {
             self.c.delays_warm.push(info.waited as f32);
         }
         let took = now - info.started_at;
-        let (sum, count, at) = self.service_estimate[m];
-        let fade = (-(now - at).max(0.0) / SERVICE_MEMORY_S).exp();
-        self.service_estimate[m] = (sum * fade + took, count * fade + 1.0, now);
+        self.estimates[m].completed(now, took);
         let node = &mut self.nodes[id as usize];
         node.in_flight -= 1;
         if let Some(pos) = node.running.iter().position(|x| *x == r) {

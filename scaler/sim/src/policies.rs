@@ -263,10 +263,8 @@ impl ZerospotCtl {
             });
         }
         for (m, d) in self.snapshot.demand.iter_mut().enumerate() {
-            let estimates = c.rate_estimates(m);
+            c.fill_estimates(m, d);
             d.queued = c.queues[m].len() as u64;
-            d.arrival_rate_per_s = estimates.map(|e| e.0);
-            d.service_time_s = estimates.map(|e| e.1);
             d.in_flight = c.running[m];
             d.desired_scale = Some(c.kpa[m].desired);
             d.actual_scale = Some(c.pods_ready[m]);

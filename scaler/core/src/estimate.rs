@@ -1,0 +1,481 @@
+//! Arrival-rate and service-time estimates for [`ModelDemand`].
+//!
+//! Whoever sees requests arrive and finish (the dispatcher in production, the simulator in
+//! `zerospot simulate`) keeps one [`DemandEstimate`] per model and copies its figures into the
+//! [`ModelDemand`] the policy decides on, so both run the same estimator. Time is seconds on any clock
+//! that does not go backwards (a time before the last one recorded counts as that time).
+//!
+//! - The *recent* rate (60 s window) sizes headroom and launches: it follows a rise within a minute.
+//! - The *gaps* between arrivals, in a histogram, and the silence since the last one guard removals: a
+//!   node is kept while the chance that a request comes within a cold start, given the silence so far,
+//!   is at least the relaunch risk (see [`ModelDemand::return_risk`]). Bursty traffic has many short
+//!   gaps and a few long ones; the histogram, not a rate, says when a silence is likely the long kind.
+//! - The service time forgets old completions over 10 minutes, back to a prior.
+
+use crate::demand::ModelDemand;
+use serde::{Deserialize, Serialize};
+
+/// Window of the recent arrival rate, seconds: Knative's stable window (60 s), so headroom follows a
+/// rise as fast as Knative's own pods do.
+pub const RECENT_WINDOW_S: f64 = 60.0;
+/// Buckets of the gap histogram: `[0, 1)` s, then `[2^(k-1), 2^k)` s for `k` = 1..=17, then 2^17 s
+/// (36 hours) and more.
+pub const GAP_BUCKETS: usize = 19;
+/// The gap histogram's memory, in gaps: each new gap weighs `1 / GAP_MEMORY` more than the one before,
+/// so the last few hundred gaps (a few hours of sparse traffic) shape it.
+pub const GAP_MEMORY: f64 = 500.0;
+/// Gaps (weighted) the histogram needs before it says anything: fewer leave removals to the idle window.
+pub const GAP_MIN_COUNT: f64 = 5.0;
+/// Pseudo-gaps that never end: the chance that traffic has stopped for good, so that a silence longer
+/// than every gap seen reads as the end of demand, not as a return that is overdue.
+pub const GAP_STOP_PRIOR: f64 = 1.0;
+/// Pseudo-time of silence added before the first request, seconds: one request seen in the first
+/// second is a rate of 1/10 per second, not 1 per second.
+pub const RATE_PRIOR_S: f64 = 10.0;
+/// Time over which the service-time estimate forgets old completions, seconds: after ten minutes
+/// without any it is back to the prior.
+pub const SERVICE_MEMORY_S: f64 = 600.0;
+
+/// An arrival rate: events counted with exponentially decaying weight.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecayingRate {
+    window_s: f64,
+    prior_s: f64,
+    count: f64,
+    at: f64,
+    first: Option<f64>,
+}
+
+impl DecayingRate {
+    /// A rate over `window_s` seconds, with `prior_s` seconds of silence assumed before the first event.
+    /// Non-finite or non-positive windows are taken as one second; a bad prior as none.
+    pub fn new(window_s: f64, prior_s: f64) -> Self {
+        DecayingRate {
+            window_s: if window_s.is_finite() && window_s > 0.0 {
+                window_s
+            } else {
+                1.0
+            },
+            prior_s: if prior_s.is_finite() && prior_s > 0.0 {
+                prior_s
+            } else {
+                0.0
+            },
+            count: 0.0,
+            at: 0.0,
+            first: None,
+        }
+    }
+
+    /// One event at `t`.
+    pub fn record(&mut self, t: f64) {
+        if !t.is_finite() {
+            return;
+        }
+        let t = t.max(self.at);
+        self.count = self.decayed(t) + 1.0;
+        self.at = t;
+        self.first.get_or_insert(t);
+    }
+
+    fn decayed(&self, t: f64) -> f64 {
+        self.count * (-(t - self.at).max(0.0) / self.window_s).exp()
+    }
+
+    /// Events per second at `t`: the decayed count over the decayed time observed (plus the prior), so
+    /// a young estimate is not diluted by time before its first event. 0 before any event.
+    pub fn per_s(&self, t: f64) -> f64 {
+        let Some(first) = self.first else {
+            return 0.0;
+        };
+        let t = if t.is_finite() {
+            t.max(self.at)
+        } else {
+            self.at
+        };
+        let age = (t - first).max(0.0);
+        let observed = self.window_s * (1.0 - (-age / self.window_s).exp());
+        let rate = self.decayed(t) / (observed + self.prior_s);
+        if rate.is_finite() { rate } else { 0.0 }
+    }
+}
+
+/// A mean of samples weighted by age, pulled towards a prior counted as one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecayingMean {
+    memory_s: f64,
+    prior: f64,
+    sum: f64,
+    count: f64,
+    at: f64,
+}
+
+impl DecayingMean {
+    /// A mean forgetting samples over `memory_s` seconds, `prior` until samples come.
+    pub fn new(memory_s: f64, prior: f64) -> Self {
+        DecayingMean {
+            memory_s: if memory_s.is_finite() && memory_s > 0.0 {
+                memory_s
+            } else {
+                1.0
+            },
+            prior,
+            sum: 0.0,
+            count: 0.0,
+            at: 0.0,
+        }
+    }
+
+    /// One sample at `t`; a non-finite or negative sample is ignored.
+    pub fn record(&mut self, t: f64, value: f64) {
+        if !(t.is_finite() && value.is_finite() && value >= 0.0) {
+            return;
+        }
+        let t = t.max(self.at);
+        let fade = self.fade(t);
+        self.sum = self.sum * fade + value;
+        self.count = self.count * fade + 1.0;
+        self.at = t;
+    }
+
+    fn fade(&self, t: f64) -> f64 {
+        (-(t - self.at).max(0.0) / self.memory_s).exp()
+    }
+
+    /// The mean at `t`.
+    pub fn mean(&self, t: f64) -> f64 {
+        let t = if t.is_finite() {
+            t.max(self.at)
+        } else {
+            self.at
+        };
+        let fade = self.fade(t);
+        (self.sum * fade + self.prior) / (self.count * fade + 1.0)
+    }
+}
+
+/// The gaps between consecutive arrivals, in log-spaced buckets, recent gaps weighing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GapHistogram {
+    /// Weighted count per bucket ([`GAP_BUCKETS`] of them; a shorter list is padded with zeros).
+    counts: Vec<f64>,
+}
+
+impl Default for GapHistogram {
+    fn default() -> Self {
+        GapHistogram {
+            counts: vec![0.0; GAP_BUCKETS],
+        }
+    }
+}
+
+impl GapHistogram {
+    /// Bucket `i` spans `[lo, hi)` seconds.
+    fn bounds(i: usize) -> (f64, f64) {
+        match i {
+            0 => (0.0, 1.0),
+            _ if i + 1 >= GAP_BUCKETS => ((1u64 << (GAP_BUCKETS - 2)) as f64, f64::INFINITY),
+            _ => ((1u64 << (i - 1)) as f64, (1u64 << i) as f64),
+        }
+    }
+
+    fn bucket(gap_s: f64) -> usize {
+        (0..GAP_BUCKETS)
+            .find(|&i| gap_s < Self::bounds(i).1)
+            .unwrap_or(GAP_BUCKETS - 1)
+    }
+
+    fn count(&self, i: usize) -> f64 {
+        self.counts
+            .get(i)
+            .copied()
+            .filter(|c| c.is_finite() && *c > 0.0)
+            .unwrap_or(0.0)
+    }
+
+    /// One gap of `gap_s` seconds; a negative or non-finite gap is ignored.
+    pub fn record(&mut self, gap_s: f64) {
+        if !(gap_s.is_finite() && gap_s >= 0.0) {
+            return;
+        }
+        self.counts.resize(GAP_BUCKETS, 0.0);
+        let keep = 1.0 - 1.0 / GAP_MEMORY;
+        for c in &mut self.counts {
+            *c *= keep;
+        }
+        self.counts[Self::bucket(gap_s)] += 1.0;
+    }
+
+    /// Weighted count of all gaps.
+    pub fn total(&self) -> f64 {
+        (0..GAP_BUCKETS).map(|i| self.count(i)).sum()
+    }
+
+    /// Weighted count of gaps longer than `x` seconds, gaps spread evenly within their bucket (the last,
+    /// unbounded bucket counts as longer than anything).
+    pub fn longer_than(&self, x: f64) -> f64 {
+        (0..GAP_BUCKETS)
+            .map(|i| {
+                let (lo, hi) = Self::bounds(i);
+                let c = self.count(i);
+                if x < lo || hi.is_infinite() {
+                    c
+                } else if x >= hi {
+                    0.0
+                } else {
+                    c * (hi - x) / (hi - lo)
+                }
+            })
+            .sum()
+    }
+
+    /// The chance that the silence, already `silent_s` long, ends within `within_s` more seconds: the
+    /// gaps longer than the silence that end within the horizon, over all gaps longer than the silence
+    /// plus [`GAP_STOP_PRIOR`] gaps that never end. `None` while fewer than [`GAP_MIN_COUNT`] gaps are
+    /// known.
+    pub fn return_risk(&self, silent_s: f64, within_s: f64) -> Option<f64> {
+        if self.total() < GAP_MIN_COUNT || !silent_s.is_finite() || !within_s.is_finite() {
+            return None;
+        }
+        let silent = silent_s.max(0.0);
+        let longer = self.longer_than(silent);
+        let ending = longer - self.longer_than(silent + within_s.max(0.0));
+        Some((ending / (longer + GAP_STOP_PRIOR)).clamp(0.0, 1.0))
+    }
+}
+
+/// Everything the policy estimates about one model's traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemandEstimate {
+    recent: DecayingRate,
+    service: DecayingMean,
+    gaps: GapHistogram,
+    last: Option<f64>,
+}
+
+impl DemandEstimate {
+    /// An estimate with the default windows and `prior_service_s` as the service time before any
+    /// request completed.
+    pub fn new(prior_service_s: f64) -> Self {
+        DemandEstimate {
+            recent: DecayingRate::new(RECENT_WINDOW_S, RATE_PRIOR_S),
+            service: DecayingMean::new(SERVICE_MEMORY_S, prior_service_s),
+            gaps: GapHistogram::default(),
+            last: None,
+        }
+    }
+
+    /// A request arrived at `t`.
+    pub fn arrived(&mut self, t: f64) {
+        if !t.is_finite() {
+            return;
+        }
+        self.recent.record(t);
+        let t = self.last.map_or(t, |last| {
+            self.gaps.record(t.max(last) - last);
+            t.max(last)
+        });
+        self.last = Some(t);
+    }
+
+    /// A request that held its lane `took_s` seconds finished at `t`.
+    pub fn completed(&mut self, t: f64, took_s: f64) {
+        self.service.record(t, took_s);
+    }
+
+    /// The recent arrival rate at `t`, per second.
+    pub fn recent_per_s(&self, t: f64) -> f64 {
+        self.recent.per_s(t)
+    }
+
+    /// Seconds since the last arrival at `t`, if any arrived.
+    pub fn silent_for_s(&self, t: f64) -> Option<f64> {
+        self.last.map(|last| {
+            if t.is_finite() {
+                (t - last).max(0.0)
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// The gaps between arrivals so far.
+    pub fn gaps(&self) -> &GapHistogram {
+        &self.gaps
+    }
+
+    /// The mean service time at `t`, seconds.
+    pub fn service_s(&self, t: f64) -> f64 {
+        self.service.mean(t)
+    }
+
+    /// Copies the estimates at `t` into `demand`.
+    pub fn fill(&self, t: f64, demand: &mut ModelDemand) {
+        demand.arrival_rate_per_s = Some(self.recent_per_s(t));
+        demand.service_time_s = Some(self.service_s(t));
+        demand.silent_for_s = self.silent_for_s(t);
+        demand.gaps = Some(self.gaps.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn a_steady_stream_reads_as_its_rate_once_the_window_has_filled() {
+        let mut r = DecayingRate::new(60.0, 10.0);
+        assert_eq!(r.per_s(5.0), 0.0, "nothing seen yet");
+        // Two a second for ten minutes.
+        for i in 0..1200 {
+            r.record(f64::from(i) * 0.5);
+        }
+        let at = 599.5;
+        assert!((r.per_s(at) - 2.0).abs() < 0.35, "{}", r.per_s(at));
+        // It fades by e after one window of silence.
+        let ratio = r.per_s(at + 60.0) / r.per_s(at);
+        assert!((ratio - (-1.0f64).exp()).abs() < 1e-3, "{ratio}");
+        assert!(r.per_s(at + 600.0) < 1e-3);
+    }
+
+    #[test]
+    fn a_young_estimate_is_not_diluted_by_the_time_before_its_first_event() {
+        let mut r = DecayingRate::new(60.0, 10.0);
+        r.record(1000.0);
+        // One event, nothing observed before it but the prior: 1 / 10 s.
+        assert!(close(r.per_s(1000.0), 0.1));
+        // Ten seconds later: the event decayed by e^(-10/60) over (60 (1 - e^(-10/60)) + 10) s.
+        let decay = (-10.0f64 / 60.0).exp();
+        assert!(close(
+            r.per_s(1010.0),
+            decay / (60.0 * (1.0 - decay) + 10.0)
+        ));
+    }
+
+    #[test]
+    fn time_going_backwards_or_nonsense_time_neither_panics_nor_inflates() {
+        let mut r = DecayingRate::new(60.0, 10.0);
+        r.record(100.0);
+        r.record(50.0); // counted at 100
+        assert!(close(r.per_s(100.0), 0.2));
+        assert!(close(r.per_s(20.0), 0.2), "a past time reads as the last");
+        r.record(f64::NAN);
+        assert!(close(r.per_s(100.0), 0.2));
+        assert!(close(r.per_s(f64::INFINITY), 0.2));
+        let bad = DecayingRate::new(f64::NAN, -3.0);
+        assert_eq!(bad, DecayingRate::new(1.0, 0.0));
+    }
+
+    #[test]
+    fn the_service_mean_starts_at_the_prior_and_forgets_back_to_it() {
+        let mut m = DecayingMean::new(600.0, 5.0);
+        assert!(close(m.mean(0.0), 5.0));
+        m.record(10.0, 25.0);
+        // The prior counts as one sample: (25 + 5) / 2.
+        assert!(close(m.mean(10.0), 15.0));
+        m.record(10.0, 25.0);
+        assert!(close(m.mean(10.0), (50.0 + 5.0) / 3.0));
+        m.record(11.0, f64::NAN);
+        m.record(11.0, -1.0);
+        assert!(
+            close(m.mean(10.0), (50.0 + 5.0) / 3.0),
+            "bad samples ignored"
+        );
+        let later = m.mean(10.0 + 6000.0);
+        assert!((later - 5.0).abs() < 0.01, "{later}");
+        let bad = DecayingMean::new(0.0, 5.0);
+        assert_eq!(bad, DecayingMean::new(1.0, 5.0));
+    }
+
+    #[test]
+    fn an_estimate_fills_a_model_demand() {
+        let mut e = DemandEstimate::new(5.0);
+        let mut d = ModelDemand::default();
+        e.fill(0.0, &mut d);
+        assert_eq!(d.arrival_rate_per_s, Some(0.0));
+        assert_eq!(d.silent_for_s, None);
+        assert_eq!(d.gaps.as_ref().map(GapHistogram::total), Some(0.0));
+        assert_eq!(d.service_time_s, Some(5.0));
+        for i in 0..100 {
+            e.arrived(f64::from(i));
+        }
+        e.completed(100.0, 15.0);
+        e.fill(100.0, &mut d);
+        let recent = d.arrival_rate_per_s.unwrap();
+        assert!(recent > 0.5 && recent < 1.1, "{recent}");
+        assert!(close(d.service_time_s.unwrap(), 10.0));
+        assert_eq!(d.silent_for_s, Some(1.0));
+        // 99 gaps of one second, all in the [1, 2) bucket.
+        let gaps = d.gaps.clone().unwrap();
+        assert!((gaps.total() - 99.0).abs() < 10.0);
+        assert!(gaps.longer_than(2.0) < 1e-9);
+        // Ten minutes of silence: the recent rate is gone.
+        e.fill(700.0, &mut d);
+        assert!(d.arrival_rate_per_s.unwrap() < 1e-3);
+        assert_eq!(d.silent_for_s, Some(601.0));
+        assert_eq!(e.recent_per_s(700.0), d.arrival_rate_per_s.unwrap());
+        // A late or nonsense arrival makes no negative gap.
+        e.arrived(50.0);
+        e.arrived(f64::NAN);
+        assert!(e.gaps().longer_than(-1.0) <= gaps.total() + 1.0);
+        assert_eq!(e.silent_for_s(99.0), Some(0.0));
+    }
+
+    #[test]
+    fn the_return_risk_follows_the_gaps_seen_and_a_silence_past_them_reads_as_the_end() {
+        let mut h = GapHistogram::default();
+        assert_eq!(h.return_risk(0.0, 255.0), None, "nothing known");
+        // Bursty: 80 gaps of about 10 s inside bursts, 20 of about 3,000 s between them.
+        for i in 0..100 {
+            h.record(if i % 5 == 4 { 3000.0 } else { 10.0 });
+        }
+        // Right after a request, one is almost sure within a cold start.
+        let now = h.return_risk(0.0, 255.0).unwrap();
+        assert!(now > 0.75, "{now}");
+        // 20 s of silence: past the burst gaps; the next is the long kind: [2048, 4096) s, spread evenly,
+        // so 255 s from 20 s reaches none of it.
+        let lull = h.return_risk(20.0, 255.0).unwrap();
+        assert!(lull < 0.05, "{lull}");
+        // 3,000 s of silence: half of the long gaps end within 255 s of it... less the stop prior.
+        let due = h.return_risk(3000.0, 255.0).unwrap();
+        assert!(due > 0.1 && due < 0.25, "{due}");
+        // Past every gap seen: the end of traffic.
+        assert_eq!(h.return_risk(10_000.0, 255.0), Some(0.0));
+        // Nonsense in, nothing out.
+        assert_eq!(h.return_risk(f64::NAN, 255.0), None);
+        assert_eq!(h.return_risk(0.0, f64::INFINITY), None);
+        h.record(-1.0);
+        h.record(f64::NAN);
+        assert!((h.total() - GAP_MEMORY * (1.0 - (1.0 - 1.0 / GAP_MEMORY).powi(100))).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gap_buckets_are_log_spaced_and_the_last_is_unbounded() {
+        assert_eq!(GapHistogram::bucket(0.0), 0);
+        assert_eq!(GapHistogram::bucket(0.99), 0);
+        assert_eq!(GapHistogram::bucket(1.0), 1);
+        assert_eq!(GapHistogram::bucket(3.0), 2);
+        assert_eq!(GapHistogram::bucket(4.0), 3);
+        assert_eq!(GapHistogram::bucket(131_071.0), GAP_BUCKETS - 2);
+        assert_eq!(GapHistogram::bucket(131_072.0), GAP_BUCKETS - 1);
+        assert_eq!(GapHistogram::bucket(1e12), GAP_BUCKETS - 1);
+        let mut h = GapHistogram::default();
+        h.record(3.0);
+        // [2, 4): 3.0 is half way, half its weight beyond.
+        assert!(close(h.longer_than(3.0), 0.5));
+        assert!(close(h.longer_than(1.0), 1.0));
+        assert!(close(h.longer_than(4.0), 0.0));
+        h.record(1e9);
+        assert!(
+            close(h.longer_than(1e10), 1.0),
+            "the last bucket has no end"
+        );
+        // A histogram read from outside with too few or bad counts is still read safely.
+        let odd: GapHistogram = serde_json::from_str(r#"{"counts":[1.0,-2.0]}"#).unwrap();
+        assert!(close(odd.total(), 1.0));
+    }
+}
