@@ -261,8 +261,8 @@ pub enum ConfigError {
     /// A model's concurrency or slots per pod is 0.
     #[error("model {0:?}: concurrency and slots_per_pod must be at least 1")]
     ZeroModelSize(String),
-    /// The headroom knob is not a finite number from 0 to 10.
-    #[error("timing.headroom must be a number from 0 to 10, got {0}")]
+    /// A headroom knob (`headroom`, `keep_headroom`) is not a finite number from 0 to 10.
+    #[error("timing.headroom and timing.keep_headroom must be numbers from 0 to 10, got {0}")]
     BadHeadroom(f64),
     /// The relaunch risk is not a finite number above 0 and at most 1.
     #[error("timing.relaunch_risk must be a number above 0 and at most 1, got {0}")]

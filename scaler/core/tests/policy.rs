@@ -552,6 +552,44 @@ fn the_return_risks_of_a_pools_models_add_up() {
 }
 
 #[test]
+fn removals_keep_the_wider_headroom_and_launches_the_narrower() {
+    let mut c = config(
+        vec![spot_pool("gpu").mps(2).max(10)],
+        vec![model("llama", "gpu")],
+    );
+    let window = c.timing.idle_window_s as i64;
+    // 1 request/s at 4 s: a load of 4 lanes. Launches: 4 + 1.0 x 2 = 6 lanes, 3 nodes of 2 slots;
+    // removals: 4 + 1.5 x 2 = 7 lanes, 4 nodes.
+    let mut s = snapshot().desired("gpu", 6).rate("llama", 1.0, 4.0);
+    for i in 0..6 {
+        s = s.node(ready(&format!("i-{i}"), "gpu").idle_since(at(i)));
+    }
+    let d = decide(&s, &c, at(window + 10));
+    assert_eq!(terminated(&d), vec!["i-0", "i-1"]);
+    assert_eq!(d.pools[0].needed_nodes, 3);
+    assert_eq!(d.desired("gpu"), Some(4));
+    // Without a band, down to what launches are sized for.
+    c.timing.keep_headroom = 1.0;
+    assert_eq!(terminated(&decide(&s, &c, at(window + 10))).len(), 3);
+    // A keep headroom below the headroom is the headroom.
+    c.timing.keep_headroom = 0.0;
+    assert_eq!(terminated(&decide(&s, &c, at(window + 10))).len(), 3);
+    // The band launches nothing: from 2 nodes, the 3 needed, not 4.
+    c.timing.keep_headroom = 1.5;
+    let two = snapshot()
+        .desired("gpu", 2)
+        .rate("llama", 1.0, 4.0)
+        .node(ready("i-0", "gpu").idle_since(at(0)))
+        .node(ready("i-1", "gpu").idle_since(at(0)));
+    assert_eq!(decide(&two, &c, at(window + 10)).desired("gpu"), Some(3));
+    // Validated like the headroom.
+    for bad in [f64::NAN, -0.5, 10.5] {
+        c.timing.keep_headroom = bad;
+        assert!(c.validate().is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn the_relaunch_risk_knob_is_validated() {
     for bad in [f64::NAN, 0.0, -0.1, 1.01, f64::INFINITY] {
         let mut c = mps_config();
@@ -578,7 +616,7 @@ fn the_headroom_knob_is_validated() {
         let e = c.validate().unwrap_err();
         assert!(
             e.to_string()
-                .contains("timing.headroom must be a number from 0 to 10"),
+                .contains("timing.headroom and timing.keep_headroom must be numbers from 0 to 10"),
             "{e}"
         );
     }
