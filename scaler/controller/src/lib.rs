@@ -10,6 +10,10 @@
 //!   `actualScale` per revision; the activator's demand shows here first.
 //! - **SQS** queue depth of each model's queue, polled every `queue_poll_ms` (1 s), backing off on
 //!   throttling; **Auto Scaling groups**, described every `group_poll_ms` (5 s) and after each change.
+//! - The dispatcher's **published estimates** (arrival rate, gaps, silence, service time per model):
+//!   the ConfigMap `zerospot-demand` in `dispatcher.demand_namespace`, read with a `get` every 10 s
+//!   (the dispatcher writes it every 10 s; a `get` on one name needs no list or watch permission).
+//!   `zerospot_effects::observe` uses it while it is at most two minutes old.
 //!
 //! Each relevant change wakes the decision loop ([`scaler`]) at once; see there for the flow.
 //!
@@ -19,8 +23,9 @@
 //!
 //! # Permissions
 //! Kubernetes RBAC and IAM: see `zerospot_effects::cluster` and `zerospot_effects::aws`; plus `list`
-//! and `watch` on nodes, pods and `podautoscalers.autoscaling.internal.knative.dev`, and `get`,
-//! `create`, `update`, `patch` on `leases` in the controller's namespace.
+//! and `watch` on nodes, pods and `podautoscalers.autoscaling.internal.knative.dev`, `get`,
+//! `create`, `update`, `patch` on `leases` in the controller's namespace, and `get` on the ConfigMap
+//! `zerospot-demand` in `dispatcher.demand_namespace`.
 
 pub mod metrics;
 pub mod scaler;
@@ -33,7 +38,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use thiserror::Error;
@@ -164,6 +169,12 @@ pub async fn run(
     tasks.push(tokio::spawn(poll_queues(
         config.clone(),
         queues,
+        inputs.clone(),
+        metrics.clone(),
+    )));
+    tasks.push(tokio::spawn(poll_published_demand(
+        client.clone(),
+        config.dispatcher.demand_namespace.clone(),
         inputs.clone(),
         metrics.clone(),
     )));
@@ -370,6 +381,38 @@ async fn poll_queues(
         }
         interval = next_interval(interval, base, max, throttled);
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// How often the dispatcher's published estimates are read: as often as the dispatcher writes them.
+pub const PUBLISHED_DEMAND_POLL: Duration = Duration::from_secs(10);
+
+/// Reads the ConfigMap `zerospot-demand` every [`PUBLISHED_DEMAND_POLL`]. A failed read keeps what was
+/// read before (observe ignores it once it is too old); an absent ConfigMap or key clears it.
+async fn poll_published_demand(
+    client: kube::Client,
+    namespace: String,
+    inputs: Arc<Inputs>,
+    metrics: Arc<Metrics>,
+) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    loop {
+        match api.get_opt(names::CONFIGMAP_DEMAND).await {
+            Ok(found) => {
+                inputs.set_published_demand(found.and_then(|cm| cm.data?.remove(names::DEMAND_KEY)))
+            }
+            Err(e) => {
+                let kind = match &e {
+                    kube::Error::Api(s) if s.code == 401 || s.code == 403 => "forbidden",
+                    kube::Error::Api(s) if s.code == 429 => "too_many_requests",
+                    kube::Error::Api(s) if s.code < 500 => "other",
+                    _ => "unavailable",
+                };
+                metrics.api_error("kubernetes", "get configmap", kind);
+                tracing::warn!(namespace, error = %e, "reading the published demand estimates failed");
+            }
+        }
+        tokio::time::sleep(PUBLISHED_DEMAND_POLL).await;
     }
 }
 

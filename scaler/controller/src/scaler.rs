@@ -23,8 +23,8 @@ use tokio::sync::{Notify, watch};
 use zerospot_core::{Action, NodeState, decide};
 use zerospot_effects::act::{Outcome, action_name};
 use zerospot_effects::{
-    Actuator, AutoScaling, Autoscaler, Cluster, Group, Memory, QueueDepth, ScalerConfig, World,
-    observe,
+    Actuator, AutoScaling, Autoscaler, Cluster, Group, Memory, Published, QueueDepth, ScalerConfig,
+    World, observe,
 };
 
 use crate::metrics::{ActionLabels, DecisionLabels, Metrics, PoolLabels};
@@ -44,6 +44,9 @@ pub struct Inputs {
     pub queues: Mutex<HashMap<String, QueueDepth>>,
     /// Spot capacity failures per pool.
     pub capacity_failures: Mutex<HashMap<String, Vec<DateTime<Utc>>>>,
+    /// The dispatcher's published estimates as last read (the `demand.json` key of the ConfigMap
+    /// `zerospot-demand`); `None` while it is absent or not read yet.
+    pub published_demand: Mutex<Option<String>>,
     wake: Notify,
     refresh_groups: Notify,
     first_change: Mutex<Option<Instant>>,
@@ -73,6 +76,17 @@ impl Inputs {
         *current = groups;
         drop(current);
         self.groups_synced.store(true, Ordering::Release);
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// Stores the dispatcher's published record (`None`: absent); a change wakes the loop.
+    pub fn set_published_demand(&self, record: Option<String>) {
+        let mut current = lock(&self.published_demand);
+        let changed = *current != record;
+        *current = record;
+        drop(current);
         if changed {
             self.changed();
         }
@@ -143,6 +157,7 @@ impl Scaler {
         let groups = lock(&self.inputs.groups).clone();
         let queues = lock(&self.inputs.queues).clone();
         let failures = lock(&self.inputs.capacity_failures).clone();
+        let published = lock(&self.inputs.published_demand).clone();
         let nodes = self.caches.nodes.state();
         let pods = self.caches.pods.state();
         let autoscalers: Vec<Autoscaler> = self
@@ -162,6 +177,9 @@ impl Scaler {
             autoscalers: &autoscalers,
             queues: &queues,
             capacity_failures: &failures,
+            published_demand: published
+                .as_deref()
+                .map_or(Published::Missing, Published::Text),
         };
         let observation = observe(&self.config, &world, &mut self.memory, now);
         for note in &observation.notes {

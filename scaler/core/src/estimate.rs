@@ -479,3 +479,79 @@ mod tests {
         assert!(close(odd.total(), 1.0));
     }
 }
+
+/// The estimates the dispatcher publishes for the scaler (the `demand.json` key of the ConfigMap
+/// `zerospot-demand`): each model's [`ModelDemand`] with only the estimate fields filled
+/// ([`DemandEstimate::fill`] at `observed_at`), the other fields left at their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedDemand {
+    /// When the estimates were taken; the reader advances `silent_for_s` by the record's age.
+    pub observed_at: chrono::DateTime<chrono::Utc>,
+    /// One entry per model the publisher has seen requests for.
+    pub models: Vec<ModelDemand>,
+}
+
+/// A published record that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("published demand is not valid JSON of the expected shape: {0}")]
+pub struct PublishedDemandError(#[from] serde_json::Error);
+
+impl PublishedDemand {
+    /// Reads a record from its JSON text.
+    pub fn parse(json: &str) -> Result<Self, PublishedDemandError> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// The record as JSON text.
+    pub fn to_json(&self) -> String {
+        // A struct of strings, numbers and lists always serialises; the fallback is never reached.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod published_tests {
+    use super::*;
+
+    #[test]
+    fn a_published_record_round_trips_and_bad_text_is_an_error_not_a_panic() {
+        let mut e = DemandEstimate::new(5.0);
+        for i in 0..10 {
+            e.arrived(f64::from(i));
+        }
+        let mut d = ModelDemand {
+            model: "llama".into(),
+            ..ModelDemand::default()
+        };
+        e.fill(10.0, &mut d);
+        let record = PublishedDemand {
+            observed_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            models: vec![d],
+        };
+        let text = record.to_json();
+        assert!(
+            text.contains("\"observed_at\":\"2027-01-15T08:00:00Z\""),
+            "{text}"
+        );
+        assert_eq!(PublishedDemand::parse(&text).unwrap(), record);
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"models": []}"#,
+            r#"{"observed_at": "yesterday", "models": []}"#,
+            r#"{"observed_at": "2027-01-15T08:00:00Z", "models": [{"arrival_rate_per_s": 1}]}"#,
+            r#"{"observed_at": "2027-01-15T08:00:00Z", "models": [{"model": "x", "arrival_rate_per_s": "fast"}]}"#,
+        ] {
+            let err = PublishedDemand::parse(bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("published demand is not valid JSON"),
+                "{err}"
+            );
+        }
+        let empty =
+            PublishedDemand::parse(r#"{"observed_at": "2027-01-15T08:00:00Z", "models": []}"#);
+        assert!(empty.unwrap().models.is_empty());
+    }
+}

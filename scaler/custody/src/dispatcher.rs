@@ -17,6 +17,8 @@
 //!    reason. A refusal (4xx) is not retried.
 //! 5. Every second, work in flight per node is written to the Node annotations the scaler reads
 //!    (`zerospot.io/in-flight`, `zerospot.io/idle-since`).
+//! 6. Each request's first delivery counts as an arrival and each final reply as a completion in the
+//!    model's demand estimates, which [`crate::demand`] publishes for the scaler every 10 s.
 //!
 //! # Where a request goes
 //! In `pods` mode (the default, [`Target::Pods`]) the dispatcher picks the pod itself, the one with
@@ -165,6 +167,8 @@ pub struct State {
     pub stats: Stats,
     /// When each model last went from no Ready pod to some.
     capacity_since: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Arrival-rate and service-time estimates per model ([`crate::demand`]).
+    pub estimates: crate::demand::Estimates,
 }
 
 impl State {
@@ -416,6 +420,15 @@ impl Dispatcher {
                     for message in messages {
                         let received_at = Instant::now();
                         self.state.stats.received.fetch_add(1, Ordering::Relaxed);
+                        // An arrival at its SentTimestamp, on its first delivery only.
+                        self.state.estimates.arrived(
+                            &model.name,
+                            message
+                                .sent_at_ms
+                                .and_then(DateTime::<Utc>::from_timestamp_millis)
+                                .unwrap_or_else(Utc::now),
+                            message.receive_count,
+                        );
                         // The destination with the most free slots (slots stay sorted that way).
                         slots.sort_by_key(|s| std::cmp::Reverse(s.1));
                         let Some(slot) = slots.first_mut().filter(|s| s.1 > 0) else {
@@ -759,6 +772,12 @@ impl Dispatcher {
         });
         match outcome {
             Ok(completion) => {
+                // The lane was held from the receive to now.
+                self.state.estimates.completed(
+                    &job.model.name,
+                    Utc::now(),
+                    job.received_at.elapsed().as_secs_f64(),
+                );
                 let mut reply = Reply::new(&request.id, chunks, ReplyKind::Final, completion.text);
                 reply.model = Some(job.model.name.clone());
                 let (node_registered_s, node_ready_s, pod_ready_s) =

@@ -7,9 +7,11 @@
 //! - [`model`]: Ollama and OpenAI-compatible model servers, streamed.
 //! - [`capacity`]: free slots per model on Ready pods, work in flight per node.
 //! - [`dispatcher`]: the loop that ties them together; [`service`]: it as a process.
+//! - [`demand`]: arrival-rate and service-time estimates per model, published for the scaler.
 
 pub mod capacity;
 pub mod client;
+pub mod demand;
 pub mod dispatcher;
 pub mod model;
 pub mod queue;

@@ -2,7 +2,9 @@
 //! and `/healthz`, and graceful shutdown.
 //!
 //! # RBAC it needs
-//! nodes: `get list watch patch` (the in-flight annotations); pods: `get list watch`; events: `create`.
+//! nodes: `get list watch patch` (the in-flight annotations); pods: `get list watch`; configmaps:
+//! `get patch` on `zerospot-demand` and `create` in `dispatcher.demand_namespace` (the published
+//! estimates, [`crate::demand`]).
 //! Without a cluster ([`run_without_cluster`]) it needs none.
 
 use std::net::SocketAddr;
@@ -87,6 +89,13 @@ pub async fn run(
     });
 
     let http = serve_http(listen, state.clone()).await?;
+    let (publish_stop, publish_stopped) = watch::channel(false);
+    let publish_task = tokio::spawn(crate::demand::publish(
+        client.clone(),
+        config.dispatcher.demand_namespace.clone(),
+        state.clone(),
+        publish_stopped,
+    ));
     let dispatcher = Arc::new(Dispatcher {
         config,
         queue: Arc::new(SdkQueue::new(aws)),
@@ -96,6 +105,8 @@ pub async fn run(
         state,
     });
     run_until(dispatcher, shutdown).await;
+    let _ = publish_stop.send(true);
+    publish_task.abort();
     nodes_task.abort();
     pods_task.abort();
     http.abort();

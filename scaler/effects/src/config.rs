@@ -59,6 +59,12 @@ pub mod names {
     pub const ANNOTATION_DEADLINE: &str = "zerospot.io/deadline";
     /// The taint on an interrupted node; the dispatcher releases that node's requests when it appears.
     pub const TAINT_INTERRUPTED: &str = "zerospot.io/interrupted";
+    /// The ConfigMap the dispatcher publishes its arrival-rate and service-time estimates to and the
+    /// scaler reads (in `dispatcher.demand_namespace`).
+    pub const CONFIGMAP_DEMAND: &str = "zerospot-demand";
+    /// The key of [`CONFIGMAP_DEMAND`] holding the record (`zerospot_core::estimate::PublishedDemand` as
+    /// JSON).
+    pub const DEMAND_KEY: &str = "demand.json";
 }
 
 /// The whole configuration file.
@@ -130,6 +136,11 @@ pub struct DispatcherConfig {
     /// How often the wake-up request is re-sent while requests wait for a model with no Ready pod,
     /// seconds. Default 10 s (Knative's activator holds each one until a pod is Ready).
     pub wake_interval_s: u64,
+    /// Namespace of the ConfigMap `zerospot-demand`, where the dispatcher publishes each model's
+    /// arrival-rate, gap and service-time estimates every 10 s and the scaler reads them. Default
+    /// `zerospot`, the namespace deploy/ runs the dispatcher and the scaler in (its RBAC grants the
+    /// ConfigMap there only).
+    pub demand_namespace: String,
 }
 
 impl Default for DispatcherConfig {
@@ -142,6 +153,7 @@ impl Default for DispatcherConfig {
             retry_backoff_s: 2,
             max_request_s: 600,
             wake_interval_s: 10,
+            demand_namespace: "zerospot".into(),
         }
     }
 }
@@ -347,6 +359,11 @@ impl ScalerConfig {
         }
         // The pool/model rules of the core, with the assumed shapes.
         self.core_config(&[]).validate()?;
+        if self.dispatcher.demand_namespace.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "dispatcher.demand_namespace is empty: name the namespace of the zerospot-demand ConfigMap (default zerospot)".into(),
+            ));
+        }
         let mut queues = HashSet::new();
         let mut services = HashSet::new();
         for model in &self.models {
@@ -539,6 +556,18 @@ timing:
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("not a queue URL"), "{err}");
+    }
+
+    #[test]
+    fn the_demand_namespace_defaults_to_the_dispatcher_s_and_an_empty_one_is_refused() {
+        let config = ScalerConfig::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(config.dispatcher.demand_namespace, "zerospot");
+        let text = format!("{EXAMPLE}dispatcher:\n  demand_namespace: ops\n");
+        let config = ScalerConfig::from_yaml(&text).unwrap();
+        assert_eq!(config.dispatcher.demand_namespace, "ops");
+        let text = format!("{EXAMPLE}dispatcher:\n  demand_namespace: \" \"\n");
+        let err = ScalerConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("demand_namespace"), "{err}");
     }
 
     #[test]

@@ -1051,6 +1051,8 @@ impl Responder<'_> {
             autoscalers: &seen.autoscalers,
             queues: &seen.queues,
             capacity_failures: &seen.failures,
+            // The functions decide from queue depth alone.
+            published_demand: crate::observe::Published::NotRead,
         };
         let mut memory = Memory::default();
         let observation = observe(self.config, &world, &mut memory, now);

@@ -28,5 +28,5 @@ pub use aws::{AutoScaling, AwsError, AwsErrorKind, Queues, SdkAutoScaling, SdkQu
 pub use cluster::{Cluster, KubeCluster, KubeError};
 pub use config::{ScalerConfig, names};
 pub use observe::{
-    Autoscaler, Group, GroupInstance, Memory, Observation, QueueDepth, World, observe,
+    Autoscaler, Group, GroupInstance, Memory, Observation, Published, QueueDepth, World, observe,
 };

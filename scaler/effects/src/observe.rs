@@ -22,12 +22,19 @@
 //!   (`Terminating*`).
 //! - Demand per model: its queue's visible and in-flight messages, the sum of its PodAutoscalers'
 //!   `desiredScale` and `actualScale` (one per revision), and its pods that are not yet scheduled.
+//! - Arrival rate, gaps between arrivals, silence and service time per model come from the record the
+//!   dispatcher publishes in the ConfigMap [`names::CONFIGMAP_DEMAND`]
+//!   (`zerospot_core::estimate::PublishedDemand`), when it is at most [`MAX_PUBLISHED_AGE_S`] old; the
+//!   silence is advanced by the record's age. A missing, stale or unreadable record, or a bad figure in
+//!   it, leaves that estimate unset (the policy's fallback: queue depth and the idle window) and says so
+//!   in the notes.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use zerospot_core::estimate::PublishedDemand;
 use zerospot_core::{
     Config, Disruption, ModelDemand, Node, NodeState, PoolState, Sharing, Snapshot,
 };
@@ -121,6 +128,26 @@ impl Autoscaler {
     }
 }
 
+/// How old the dispatcher's published estimates may be and still be used, seconds. The dispatcher
+/// publishes every 10 s, so a record this old means a dozen missed writes: the dispatcher is down or
+/// cannot reach the apiserver, and its figures (the recent rate's window is 60 s) no longer describe the
+/// traffic. The policy then falls back to the queue depth and the idle window, which need no estimate.
+pub const MAX_PUBLISHED_AGE_S: f64 = 120.0;
+
+/// The dispatcher's published estimates (the `demand.json` key of the ConfigMap
+/// [`names::CONFIGMAP_DEMAND`]) as the caller read them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Published<'a> {
+    /// Not read by this caller (the Lambda functions decide from queue depth alone): estimates unset,
+    /// no note.
+    #[default]
+    NotRead,
+    /// Read, and the ConfigMap or its key is absent (no dispatcher has published yet).
+    Missing,
+    /// The record's JSON text, as found.
+    Text(&'a str),
+}
+
 /// Everything observed at one moment, borrowed from the caller's caches.
 #[derive(Debug, Clone, Copy)]
 pub struct World<'a> {
@@ -137,6 +164,8 @@ pub struct World<'a> {
     /// Spot capacity failures per pool (from the group's failed scaling activities or launch-failure
     /// events).
     pub capacity_failures: &'a HashMap<String, Vec<DateTime<Utc>>>,
+    /// The dispatcher's published estimates.
+    pub published_demand: Published<'a>,
 }
 
 /// What the caller keeps from one observation to the next.
@@ -308,6 +337,101 @@ pub fn from_jiff(t: k8s_openapi::jiff::Timestamp) -> Option<DateTime<Utc>> {
         t.as_second(),
         u32::try_from(t.subsec_nanosecond()).unwrap_or(0),
     )
+}
+
+/// The usable estimates per model from the published record, each figure checked; what is wrong goes to
+/// `notes`.
+fn published_estimates(
+    published: Published<'_>,
+    now: DateTime<Utc>,
+    notes: &mut Vec<String>,
+) -> HashMap<String, ModelDemand> {
+    let text = match published {
+        Published::NotRead => return HashMap::new(),
+        Published::Missing => {
+            notes.push(format!(
+                "no published demand estimates (ConfigMap {}): arrival rates and service times unset",
+                names::CONFIGMAP_DEMAND
+            ));
+            return HashMap::new();
+        }
+        Published::Text(text) => text,
+    };
+    let record = match PublishedDemand::parse(text) {
+        Ok(r) => r,
+        Err(e) => {
+            notes.push(format!("{e}; arrival rates and service times unset"));
+            return HashMap::new();
+        }
+    };
+    let age_s = (now - record.observed_at).num_milliseconds() as f64 / 1000.0;
+    if age_s > MAX_PUBLISHED_AGE_S {
+        notes.push(format!(
+            "published demand estimates are {age_s:.0} s old (more than {MAX_PUBLISHED_AGE_S} s): unused"
+        ));
+        return HashMap::new();
+    }
+    if age_s < -MAX_PUBLISHED_AGE_S {
+        notes.push(format!(
+            "published demand estimates are dated {:.0} s in the future (clocks apart?): unused",
+            -age_s
+        ));
+        return HashMap::new();
+    }
+    // A record a little in the future (clocks a few seconds apart) counts as taken now.
+    let age_s = age_s.max(0.0);
+    let mut out: HashMap<String, ModelDemand> = HashMap::new();
+    for m in record.models {
+        if out.contains_key(&m.model) {
+            notes.push(format!(
+                "published demand estimates name model {:?} twice; the first is used",
+                m.model
+            ));
+            continue;
+        }
+        let mut bad = |field: &str, v: f64| {
+            notes.push(format!(
+                "published demand estimate {field} = {v} for model {:?} is not usable; unset",
+                m.model
+            ));
+        };
+        let arrival_rate_per_s = m.arrival_rate_per_s.filter(|v| {
+            let ok = v.is_finite() && *v >= 0.0;
+            if !ok {
+                bad("arrival_rate_per_s", *v);
+            }
+            ok
+        });
+        let service_time_s = m.service_time_s.filter(|v| {
+            let ok = v.is_finite() && *v > 0.0;
+            if !ok {
+                bad("service_time_s", *v);
+            }
+            ok
+        });
+        let silent_for_s = m
+            .silent_for_s
+            .filter(|v| {
+                let ok = v.is_finite() && *v >= 0.0;
+                if !ok {
+                    bad("silent_for_s", *v);
+                }
+                ok
+            })
+            .map(|v| v + age_s);
+        out.insert(
+            m.model.clone(),
+            ModelDemand {
+                model: m.model,
+                arrival_rate_per_s,
+                service_time_s,
+                silent_for_s,
+                gaps: m.gaps,
+                ..ModelDemand::default()
+            },
+        );
+    }
+    out
 }
 
 fn secs(s: u64) -> Duration {
@@ -493,6 +617,7 @@ pub fn observe(
         .collect();
 
     // Demand.
+    let mut estimates = published_estimates(world.published_demand, now, &mut notes);
     let demand = config
         .models
         .iter()
@@ -531,6 +656,7 @@ pub fn observe(
                         && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none()
                 })
                 .count();
+            let estimate = estimates.remove(&m.name).unwrap_or_default();
             ModelDemand {
                 model: m.name.clone(),
                 queued: depth.visible,
@@ -538,10 +664,10 @@ pub fn observe(
                 desired_scale: sum(|a| a.desired_scale),
                 actual_scale: sum(|a| a.actual_scale),
                 pending_pods: u32::try_from(pending).unwrap_or(u32::MAX),
-                arrival_rate_per_s: None,
-                service_time_s: None,
-                silent_for_s: None,
-                gaps: None,
+                arrival_rate_per_s: estimate.arrival_rate_per_s,
+                service_time_s: estimate.service_time_s,
+                silent_for_s: estimate.silent_for_s,
+                gaps: estimate.gaps,
             }
         })
         .collect();

@@ -10,10 +10,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use zerospot_core::ModelDemand;
+use zerospot_core::estimate::{DemandEstimate, PublishedDemand};
 use zerospot_core::{Disruption, NodeState, Sharing};
 use zerospot_effects::config::names;
 use zerospot_effects::{
-    Autoscaler, Group, GroupInstance, Memory, QueueDepth, ScalerConfig, World, observe,
+    Autoscaler, Group, GroupInstance, Memory, Published, QueueDepth, ScalerConfig, World, observe,
 };
 
 const CONFIG: &str = r#"
@@ -147,6 +149,7 @@ impl Fixture {
             autoscalers: &self.autoscalers,
             queues: &self.queues,
             capacity_failures: &failures,
+            published_demand: Published::NotRead,
         };
         observe(&config, &world, memory, now)
     }
@@ -713,6 +716,7 @@ fn an_idle_window_too_long_for_the_calendar_is_no_deadline_and_no_panic() {
         autoscalers: &[],
         queues: &HashMap::new(),
         capacity_failures: &HashMap::new(),
+        published_demand: Published::NotRead,
     };
     let obs = observe(&config, &world, &mut Memory::default(), t(10));
     assert_eq!(obs.next_deadline, None);
@@ -730,4 +734,175 @@ fn a_node_that_only_says_how_many_gpus_it_has_still_teaches_the_count() {
         Sharing::Exclusive,
         "sharing: the assumption"
     );
+}
+
+/// Observes an empty cluster with this published record at `now`.
+fn with_published(published: Published<'_>, now: DateTime<Utc>) -> zerospot_effects::Observation {
+    let config = ScalerConfig::from_yaml(CONFIG).unwrap();
+    let g = [group("gpu-asg", 4, &[])];
+    let world = World {
+        groups: &g,
+        nodes: &[],
+        pods: &[],
+        autoscalers: &[],
+        queues: &HashMap::new(),
+        capacity_failures: &HashMap::new(),
+        published_demand: published,
+    };
+    observe(&config, &world, &mut Memory::default(), now)
+}
+
+fn demand_of<'o>(obs: &'o zerospot_effects::Observation, model: &str) -> &'o ModelDemand {
+    obs.snapshot
+        .demand
+        .iter()
+        .find(|d| d.model == model)
+        .unwrap()
+}
+
+/// A record taken at `at` for llama: ten requests a second apart ending 30 s before, one completion.
+fn llama_record(at: DateTime<Utc>) -> PublishedDemand {
+    let at_s = at.timestamp() as f64;
+    let mut e = DemandEstimate::new(5.0);
+    for i in 0..10 {
+        e.arrived(at_s - 40.0 + f64::from(i));
+    }
+    e.completed(at_s - 30.0, 9.0);
+    let mut d = ModelDemand {
+        model: "llama".into(),
+        ..ModelDemand::default()
+    };
+    e.fill(at_s, &mut d);
+    PublishedDemand {
+        observed_at: at,
+        models: vec![d],
+    }
+}
+
+#[test]
+fn a_fresh_published_record_fills_the_estimates_with_the_silence_advanced_by_its_age() {
+    let record = llama_record(t(0));
+    let text = record.to_json();
+    let obs = with_published(Published::Text(&text), t(20));
+    assert!(obs.notes.is_empty(), "{:?}", obs.notes);
+    let llama = demand_of(&obs, "llama");
+    let published = &record.models[0];
+    assert!(published.arrival_rate_per_s.unwrap() > 0.0);
+    assert_eq!(llama.arrival_rate_per_s, published.arrival_rate_per_s);
+    assert_eq!(llama.service_time_s, published.service_time_s);
+    assert!(
+        (llama.service_time_s.unwrap() - 7.0).abs() < 0.1,
+        "{llama:?}"
+    );
+    assert_eq!(published.silent_for_s, Some(31.0));
+    assert_eq!(
+        llama.silent_for_s,
+        Some(51.0),
+        "31 s at publication, 20 s since"
+    );
+    assert_eq!(llama.gaps, published.gaps);
+    assert!(llama.gaps.as_ref().unwrap().total() > 8.0);
+    // The queue-side figures are still the cluster's, not the record's.
+    assert_eq!(llama.queued, 0);
+    // A model the record does not name keeps the fallback.
+    let mistral = demand_of(&obs, "mistral");
+    assert_eq!(mistral.arrival_rate_per_s, None);
+    assert_eq!(mistral.service_time_s, None);
+    assert_eq!(mistral.silent_for_s, None);
+    assert_eq!(mistral.gaps, None);
+    // Exactly at the limit it is still used; a record a few seconds ahead of our clock counts as now.
+    let limit = with_published(Published::Text(&text), t(120));
+    assert_eq!(demand_of(&limit, "llama").silent_for_s, Some(151.0));
+    let ahead = with_published(Published::Text(&text), t(-5));
+    assert_eq!(demand_of(&ahead, "llama").silent_for_s, Some(31.0));
+}
+
+#[test]
+fn a_stale_missing_or_unreadable_record_leaves_the_fallback_and_says_why() {
+    let text = llama_record(t(0)).to_json();
+    let unset = |obs: &zerospot_effects::Observation| {
+        obs.snapshot.demand.iter().all(|d| {
+            d.arrival_rate_per_s.is_none()
+                && d.service_time_s.is_none()
+                && d.silent_for_s.is_none()
+                && d.gaps.is_none()
+        })
+    };
+    let cases: [(Published<'_>, DateTime<Utc>, &str); 6] = [
+        (Published::Text(&text), t(121), "121 s old"),
+        (Published::Text(&text), t(-200), "in the future"),
+        (Published::Missing, t(0), "no published demand estimates"),
+        (Published::Text("{not json"), t(0), "not valid JSON"),
+        (Published::Text(""), t(0), "not valid JSON"),
+        (
+            Published::Text(r#"{"observed_at": "2026-11-24T00:00:00Z", "models": {"llama": 1}}"#),
+            t(0),
+            "not valid JSON",
+        ),
+    ];
+    for (published, now, why) in cases {
+        let obs = with_published(published, now);
+        assert!(unset(&obs), "{published:?}");
+        assert!(
+            obs.notes.iter().any(|n| n.contains(why)),
+            "{published:?}: {:?}",
+            obs.notes
+        );
+    }
+    // The Lambda functions read no record: no estimates and nothing to note.
+    let obs = with_published(Published::NotRead, t(0));
+    assert!(unset(&obs));
+    assert!(obs.notes.is_empty(), "{:?}", obs.notes);
+}
+
+#[test]
+fn bad_figures_in_a_record_are_each_left_unset_with_a_note_and_the_rest_is_used() {
+    let text = r#"{"observed_at": "2026-11-24T00:00:00Z", "models": [
+        {"model": "llama", "arrival_rate_per_s": -1.0, "service_time_s": 0.0, "silent_for_s": -3.0,
+         "gaps": {"counts": [2.0, -5.0, 1e308]}},
+        {"model": "llama", "arrival_rate_per_s": 9.0},
+        {"model": "mistral", "arrival_rate_per_s": 0.25, "service_time_s": -2.0},
+        {"model": "nobody", "arrival_rate_per_s": 3.0}
+    ]}"#;
+    let obs = with_published(Published::Text(text), t(10));
+    let llama = demand_of(&obs, "llama");
+    assert_eq!(
+        llama.arrival_rate_per_s, None,
+        "negative rate, and the duplicate ignored"
+    );
+    assert_eq!(llama.service_time_s, None);
+    assert_eq!(llama.silent_for_s, None);
+    // A histogram is read safely whatever its counts (negative ones count as none).
+    let gaps = llama.gaps.as_ref().unwrap();
+    assert!(gaps.total().is_finite());
+    assert!(
+        gaps.return_risk(0.0, 255.0)
+            .is_some_and(|r| (0.0..=1.0).contains(&r))
+    );
+    let mistral = demand_of(&obs, "mistral");
+    assert_eq!(mistral.arrival_rate_per_s, Some(0.25));
+    assert_eq!(mistral.service_time_s, None);
+    for field in [
+        "arrival_rate_per_s",
+        "service_time_s",
+        "silent_for_s",
+        "twice",
+    ] {
+        assert!(
+            obs.notes.iter().any(|n| n.contains(field)),
+            "{field}: {:?}",
+            obs.notes
+        );
+    }
+    // A number JSON cannot hold makes the whole record unreadable, not a panic.
+    let huge = r#"{"observed_at": "2026-11-24T00:00:00Z", "models": [{"model": "llama", "service_time_s": 1e400}]}"#;
+    let obs2 = with_published(Published::Text(huge), t(10));
+    assert_eq!(demand_of(&obs2, "llama").service_time_s, None);
+    assert!(
+        obs2.notes.iter().any(|n| n.contains("not valid JSON")),
+        "{:?}",
+        obs2.notes
+    );
+    // The decision on such a snapshot still comes out.
+    let _ = zerospot_core::decide(&obs.snapshot, &obs.config, t(10));
 }
