@@ -11,15 +11,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, PostParams};
 use scaler_common::{Scenario, start_scaler};
 use tokio::sync::oneshot;
+use zerospot_core::estimate::PublishedDemand;
 use zerospot_core::request::{ChatMessage, Input, RawOptions, Request};
 use zerospot_custody::client::submit;
 use zerospot_custody::queue::{Queue, SdkQueue};
 use zerospot_custody::reply::{Reply, ReplyKind};
-use zerospot_effects::{ScalerConfig, names};
+use zerospot_effects::{Memory, Published, ScalerConfig, World, names, observe};
 use zerospot_testbed::fixtures::gpu_pod;
 use zerospot_testbed::{StandIn, StandInOptions, eventually, unique_name};
 
@@ -778,7 +779,8 @@ async fn without_a_cluster_the_dispatcher_serves_fixed_endpoints_and_refuses_a_m
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zerospot.yaml");
-    std::fs::write(&file, config(&s, &q, standin.endpoint(), "")).unwrap();
+    let demand_namespace = format!(", demand_namespace: {}", s.namespace);
+    std::fs::write(&file, config(&s, &q, standin.endpoint(), &demand_namespace)).unwrap();
     // No pod, no node, no scaler: the endpoint alone is the capacity.
     let _dispatcher = spawn_dispatcher(&s, &file, &["--no-cluster"]);
     let sqs = SdkQueue::new(&s.aws);
@@ -802,6 +804,12 @@ async fn without_a_cluster_the_dispatcher_serves_fixed_endpoints_and_refuses_a_m
     assert_eq!(finals.len(), 5, "{replies:?}");
     assert!(standin.peak_concurrency() <= 2, "concurrency honoured");
     assert_eq!(s.group_state().await.0, 0, "nothing scaled");
+    // Without a cluster nothing is published (the dispatcher would have written within a second).
+    let published = Api::<ConfigMap>::namespaced(s.kube.clone(), &s.namespace)
+        .get_opt(names::CONFIGMAP_DEMAND)
+        .await
+        .unwrap();
+    assert!(published.is_none(), "{published:?}");
 
     let no_endpoint = dir.path().join("bad.yaml");
     std::fs::write(
@@ -813,4 +821,130 @@ async fn without_a_cluster_the_dispatcher_serves_fixed_endpoints_and_refuses_a_m
     let mut bad = spawn_dispatcher(&s, &no_endpoint, &["--no-cluster"]);
     let status = bad.0.wait().unwrap();
     assert_eq!(status.code(), Some(2), "a configuration error, not a crash");
+}
+
+#[tokio::test]
+async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_carries_them() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let q = queues(&s).await;
+    let standin = StandIn::start(StandInOptions::new(["llama"]).parallel(4))
+        .await
+        .unwrap();
+    let config = config(
+        &s,
+        &q,
+        standin.endpoint(),
+        &format!(", demand_namespace: {}", s.namespace),
+    );
+    let _scaler = start_scaler(s.bed, &s.aws, &s.config(60, 600)).await;
+    let _dispatcher = start_dispatcher(&s, &config).await;
+    warm(&s, "llama").await;
+    let sqs = SdkQueue::new(&s.aws);
+    let n = 5;
+    for i in 0..n {
+        submit(
+            &sqs,
+            s.queue("llama"),
+            &request("llama", &format!("d{i}"), &q.replies, 600),
+        )
+        .await
+        .unwrap();
+    }
+    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(60), |r| {
+        r.iter().filter(|x| x.kind == ReplyKind::Final).count() >= n
+    })
+    .await;
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|x| x.kind == ReplyKind::Final)
+            .count(),
+        n
+    );
+
+    // Published every 10 s: wait for a record that has seen the completions (the service time leaves
+    // its 5 s prior; the stand-in answers in well under a second).
+    let configmaps = Api::<ConfigMap>::namespaced(s.kube.clone(), &s.namespace);
+    let (cm, text, record) = eventually(
+        "the ConfigMap zerospot-demand with every arrival and some completions",
+        Duration::from_secs(25),
+        || async {
+            let cm = configmaps
+                .get_opt(names::CONFIGMAP_DEMAND)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no ConfigMap yet")?;
+            let text = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(names::DEMAND_KEY))
+                .cloned()
+                .ok_or("no demand.json")?;
+            let record = PublishedDemand::parse(&text).map_err(|e| e.to_string())?;
+            // All five arrived (4 gaps; the dispatcher takes at most 4 at a time) and some finished.
+            let served = record.models.iter().any(|m| {
+                m.model == "llama"
+                    && m.service_time_s.is_some_and(|s| s < 4.0)
+                    && m.gaps.as_ref().is_some_and(|g| g.total() > 3.9)
+            });
+            if served {
+                Ok((cm, text, record))
+            } else {
+                Err(format!("not yet: {text}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let managers: Vec<&str> = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|f| f.manager.as_deref())
+        .collect();
+    assert_eq!(managers, ["zerospot-dispatcher"], "server-side applied");
+    let age = (Utc::now() - record.observed_at).num_seconds();
+    assert!((0..=15).contains(&age), "{age} s old");
+    assert_eq!(record.models.len(), 1, "{text}");
+    let llama = &record.models[0];
+    assert!(llama.arrival_rate_per_s.unwrap() > 0.0, "{text}");
+    assert!(llama.silent_for_s.is_some(), "{text}");
+    assert_eq!(llama.queued, 0, "only the estimates are published");
+    // Each of the 5 messages counted once, no more: 4 gaps, each older one weighing 1/500 less.
+    let gaps = llama.gaps.as_ref().unwrap().total();
+    assert!((3.95..=4.0).contains(&gaps), "{gaps}: {text}");
+
+    // The scaler's observation built from it carries the figures, the silence advanced by its age.
+    let scaler_config = ScalerConfig::from_yaml(&config).unwrap();
+    let now = Utc::now();
+    let queues = HashMap::new();
+    let failures = HashMap::new();
+    let world = World {
+        groups: &[],
+        nodes: &[],
+        pods: &[],
+        autoscalers: &[],
+        queues: &queues,
+        capacity_failures: &failures,
+        published_demand: Published::Text(&text),
+    };
+    let observation = observe(&scaler_config, &world, &mut Memory::default(), now);
+    let seen = observation
+        .snapshot
+        .demand
+        .iter()
+        .find(|d| d.model == "llama")
+        .unwrap();
+    assert_eq!(seen.arrival_rate_per_s, llama.arrival_rate_per_s);
+    assert_eq!(seen.service_time_s, llama.service_time_s);
+    assert_eq!(seen.gaps, llama.gaps);
+    let advanced = seen.silent_for_s.unwrap() - llama.silent_for_s.unwrap();
+    let age_s = (now - record.observed_at).num_milliseconds() as f64 / 1000.0;
+    assert!((advanced - age_s).abs() < 1e-6, "{advanced} vs {age_s}");
+    assert!(
+        !observation.notes.iter().any(|n| n.contains("demand")),
+        "{:?}",
+        observation.notes
+    );
 }

@@ -799,6 +799,7 @@ const PA: &str = "podautoscalers.autoscaling.internal.knative.dev";
 const EVENTS: &str = "events.events.k8s.io";
 const LEASE: &str = "leases.coordination.k8s.io/zerospot-scaler";
 const LEASES: &str = "leases.coordination.k8s.io";
+const DEMAND: &str = "configmaps/zerospot-demand";
 
 /// Answers every question; returns the ones answered otherwise than expected.
 async fn mismatches(
@@ -890,8 +891,14 @@ async fn rbac_grants_each_identity_exactly_the_calls_its_code_makes() {
         ask("get", LEASE, Some("zerospot")),
         ask("patch", LEASE, Some("zerospot")),
         ask("update", LEASE, Some("zerospot")),
+        ask("get", DEMAND, Some("zerospot")), // the dispatcher's demand estimates
     ];
     let scaler_denied = [
+        ask("patch", DEMAND, Some("zerospot")),
+        ask("create", "configmaps", Some("zerospot")),
+        ask("list", "configmaps", Some("zerospot")),
+        ask("get", "configmaps/someone-else", Some("zerospot")),
+        ask("get", DEMAND, Some("models")),
         ask("delete", "nodes", None),
         ask("delete", "pods", Some("models")),
         ask(
@@ -911,8 +918,16 @@ async fn rbac_grants_each_identity_exactly_the_calls_its_code_makes() {
         ask("patch", "nodes", None), // zerospot.io/in-flight, zerospot.io/idle-since
         ask("list", "pods", None),
         ask("watch", "pods", None),
+        ask("patch", DEMAND, Some("zerospot")), // server-side apply of the demand estimates
+        ask("create", "configmaps", Some("zerospot")), // its first apply (no resourceNames for create)
     ];
     let dispatcher_denied = [
+        ask("patch", "configmaps/someone-else", Some("zerospot")),
+        ask("update", DEMAND, Some("zerospot")),
+        ask("delete", DEMAND, Some("zerospot")),
+        ask("get", "configmaps/someone-else", Some("zerospot")),
+        ask("create", "configmaps", Some("models")),
+        ask("patch", DEMAND, Some("models")),
         ask("delete", "nodes", None),
         ask("delete", "pods", Some("models")),
         ask_sub("create", "pods", "eviction", Some("models")),
