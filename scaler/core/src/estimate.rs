@@ -170,27 +170,27 @@ impl Default for GapHistogram {
 }
 
 impl GapHistogram {
-    /// Bucket `i` spans `[lo, hi)` seconds.
-    fn bounds(i: usize) -> (f64, f64) {
-        match i {
-            0 => (0.0, 1.0),
-            _ if i + 1 >= GAP_BUCKETS => ((1u64 << (GAP_BUCKETS - 2)) as f64, f64::INFINITY),
-            _ => ((1u64 << (i - 1)) as f64, (1u64 << i) as f64),
-        }
+    /// The buckets with an end: bucket `i` of these spans `[2^(i-1), 2^i)` seconds (`[0, 1)` for the
+    /// first); the one after them has no end.
+    const BOUNDED: usize = GAP_BUCKETS - 1;
+
+    /// Where bucket `i` (bounded) ends, seconds.
+    fn end(i: usize) -> f64 {
+        (1u64 << i) as f64
     }
 
     fn bucket(gap_s: f64) -> usize {
-        (0..GAP_BUCKETS)
-            .find(|&i| gap_s < Self::bounds(i).1)
-            .unwrap_or(GAP_BUCKETS - 1)
+        (0..Self::BOUNDED)
+            .take_while(|&i| gap_s >= Self::end(i))
+            .count()
     }
 
     fn count(&self, i: usize) -> f64 {
         self.counts
             .get(i)
             .copied()
-            .filter(|c| c.is_finite() && *c > 0.0)
-            .unwrap_or(0.0)
+            .filter(|c| c.is_finite())
+            .map_or(0.0, |c| c.max(0.0))
     }
 
     /// One gap of `gap_s` seconds; a negative or non-finite gap is ignored.
@@ -214,19 +214,13 @@ impl GapHistogram {
     /// Weighted count of gaps longer than `x` seconds, gaps spread evenly within their bucket (the last,
     /// unbounded bucket counts as longer than anything).
     pub fn longer_than(&self, x: f64) -> f64 {
-        (0..GAP_BUCKETS)
+        let bounded: f64 = (0..Self::BOUNDED)
             .map(|i| {
-                let (lo, hi) = Self::bounds(i);
-                let c = self.count(i);
-                if x < lo || hi.is_infinite() {
-                    c
-                } else if x >= hi {
-                    0.0
-                } else {
-                    c * (hi - x) / (hi - lo)
-                }
+                let (lo, hi) = (if i == 0 { 0.0 } else { Self::end(i - 1) }, Self::end(i));
+                self.count(i) * ((hi - x) / (hi - lo)).clamp(0.0, 1.0)
             })
-            .sum()
+            .sum();
+        bounded + self.count(Self::BOUNDED)
     }
 
     /// The chance that the silence, already `silent_s` long, ends within `within_s` more seconds: the
@@ -389,6 +383,18 @@ mod tests {
         assert!((later - 5.0).abs() < 0.01, "{later}");
         let bad = DecayingMean::new(0.0, 5.0);
         assert_eq!(bad, DecayingMean::new(1.0, 5.0));
+        // Older samples weigh e^(-age / memory): 30 s at 0, 10 s at 600 s: (30/e + 10 + 5) / (1/e + 2).
+        let mut m = DecayingMean::new(600.0, 5.0);
+        m.record(0.0, 30.0);
+        m.record(600.0, 10.0);
+        let e = (-1.0f64).exp();
+        assert!(close(m.mean(600.0), (30.0 * e + 15.0) / (e + 2.0)));
+        // And fade together as time passes: 300 s later, each by e^(-1/2).
+        let h = (-0.5f64).exp();
+        assert!(close(
+            m.mean(900.0),
+            ((30.0 * e + 10.0) * h + 5.0) / ((e + 1.0) * h + 1.0)
+        ));
     }
 
     #[test]
@@ -421,7 +427,11 @@ mod tests {
         // A late or nonsense arrival makes no negative gap.
         e.arrived(50.0);
         e.arrived(f64::NAN);
-        assert!(e.gaps().longer_than(-1.0) <= gaps.total() + 1.0);
+        assert!(close(
+            e.gaps().total(),
+            gaps.total() * (1.0 - 1.0 / GAP_MEMORY) + 1.0
+        ));
+        assert!(close(e.gaps().longer_than(-1.0), e.gaps().total()));
         assert_eq!(e.silent_for_s(99.0), Some(0.0));
     }
 
@@ -445,6 +455,13 @@ mod tests {
         assert!(due > 0.1 && due < 0.25, "{due}");
         // Past every gap seen: the end of traffic.
         assert_eq!(h.return_risk(10_000.0, 255.0), Some(0.0));
+        // Exactly the minimum count speaks; just under it does not.
+        let five: GapHistogram =
+            serde_json::from_str(r#"{"counts":[0,0,0,0,0,0,0,0,5.0]}"#).unwrap();
+        assert!(five.return_risk(0.0, 255.0).is_some());
+        let under: GapHistogram =
+            serde_json::from_str(r#"{"counts":[0,0,0,0,0,0,0,0,4.999]}"#).unwrap();
+        assert_eq!(under.return_risk(0.0, 255.0), None);
         // Nonsense in, nothing out.
         assert_eq!(h.return_risk(f64::NAN, 255.0), None);
         assert_eq!(h.return_risk(0.0, f64::INFINITY), None);
@@ -477,6 +494,21 @@ mod tests {
         // A histogram read from outside with too few or bad counts is still read safely.
         let odd: GapHistogram = serde_json::from_str(r#"{"counts":[1.0,-2.0]}"#).unwrap();
         assert!(close(odd.total(), 1.0));
+        assert!(close(odd.longer_than(0.5), 0.5));
+        // Every bucket's edges, one gap each at its start: [0, 1), [1, 2), [2, 4), ... and the last.
+        let mut all = GapHistogram::default();
+        all.record(0.0);
+        for k in 0..GAP_BUCKETS - 1 {
+            let before = all.clone();
+            all.record((1u64 << k) as f64);
+            assert_eq!(
+                GapHistogram::bucket((1u64 << k) as f64),
+                k + 1,
+                "2^{k} s opens bucket {}",
+                k + 1
+            );
+            assert!(all.longer_than((1u64 << k) as f64) > before.longer_than((1u64 << k) as f64));
+        }
     }
 }
 

@@ -393,12 +393,10 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
             quiet[pi] *= 1.0 - risk;
         }
         let kept = d.pods_needed(model.concurrency, &keep_sizing);
-        if kept > 0 {
-            keep[pi].add(
-                model.mig_profile.as_deref(),
-                kept.saturating_mul(u64::from(model.slots_per_pod)),
-            );
-        }
+        keep[pi].add(
+            model.mig_profile.as_deref(),
+            kept.saturating_mul(u64::from(model.slots_per_pod)),
+        );
         let pods = d.pods_needed(model.concurrency, &sizing);
         if pods > 0 {
             demand[pi].add(

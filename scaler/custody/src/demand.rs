@@ -16,8 +16,8 @@
 //! depth, which it reads itself); the estimates start empty when the dispatcher restarts.
 //!
 //! # RBAC it needs
-//! configmaps: `get`, `patch` on `zerospot-demand` and `create` (which Kubernetes cannot limit to one
-//! name) in `dispatcher.demand_namespace`.
+//! configmaps: `patch` on `zerospot-demand` and `create` (which Kubernetes cannot limit to one name) in
+//! `dispatcher.demand_namespace`; server-side apply reads nothing.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
