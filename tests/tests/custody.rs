@@ -87,13 +87,14 @@ async fn queues(s: &Scenario) -> Queues {
     }
 }
 
-/// The scenario's configuration with the models' endpoint at the stand-in and the dispatcher section.
+/// The scenario's configuration with the models' endpoint at the stand-in and the dispatcher section;
+/// the route gets at most the Ready pods' lanes (`fill_free_nodes: false`).
 fn config(s: &Scenario, q: &Queues, endpoint: &str, extra: &str) -> String {
     let base = s.config(60, 600);
     let base = base.replace(
         &format!("namespace: {}, service:", s.namespace),
         &format!(
-            "endpoint: \"{endpoint}\", target: route, concurrency: 4, namespace: {}, service:",
+            "endpoint: \"{endpoint}\", target: route, concurrency: 4, fill_free_nodes: false, namespace: {}, service:",
             s.namespace
         ),
     );
@@ -411,13 +412,26 @@ async fn a_malformed_message_goes_to_the_dlq_with_the_reason_and_the_rest_are_an
 
 /// The scenario's configuration in `pods` mode: the dispatcher picks the pod and sends to
 /// `http://<pod IP>:<pod_port>`; pod IPs are loopback addresses (the bridge's pod CIDRs) where a
-/// stand-in listening on 0.0.0.0 answers. `wake` is the route the wake-up requests go to.
+/// stand-in listening on 0.0.0.0 answers. `wake` is the route the wake-up requests go to. Requests
+/// go to Ready pods only (`fill_free_nodes: false`): filling free node slots through the route has
+/// its own test, [`free_gpu_slots_take_requests_through_the_route_once_the_pods_are_full`].
 fn pods_config(s: &Scenario, q: &Queues, wake: &str, pod_port: u16, extra: &str) -> String {
+    pods_config_filling(s, q, wake, pod_port, extra, false)
+}
+
+fn pods_config_filling(
+    s: &Scenario,
+    q: &Queues,
+    wake: &str,
+    pod_port: u16,
+    extra: &str,
+    fill_free_nodes: bool,
+) -> String {
     let base = s.config(60, 600);
     let base = base.replace(
         &format!("namespace: {}, service:", s.namespace),
         &format!(
-            "endpoint: \"{wake}\", target: pods, pod_port: {pod_port}, concurrency: 25, namespace: {}, service:",
+            "endpoint: \"{wake}\", target: pods, pod_port: {pod_port}, concurrency: 25, fill_free_nodes: {fill_free_nodes}, namespace: {}, service:",
             s.namespace
         ),
     );
@@ -947,4 +961,118 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
         "{:?}",
         observation.notes
     );
+}
+
+#[tokio::test]
+async fn free_gpu_slots_take_requests_through_the_route_once_the_pods_are_full() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let q = queues(&s).await;
+    // Answers take about 8 s (40 tokens at 200 ms), so requests overlap.
+    let slow = || {
+        StandInOptions::new(["llama"])
+            .parallel(100)
+            .token_latency(Duration::from_millis(200))
+            .tokens_per_reply(40)
+    };
+    let (pod_server, port) = pod_standin(slow()).await;
+    // The route: in a cluster Knative's activator, which holds a request until a pod is Ready in the
+    // free slot; here a stand-in that answers.
+    let route = StandIn::start(slow()).await.unwrap();
+    zerospot_testbed::fixtures::set_desired_capacity(&s.aws, &s.group, 1)
+        .await
+        .unwrap();
+    let nodes = eventually("a Ready node", Duration::from_secs(30), || async {
+        let n = s.ready_nodes().await;
+        if n.len() == 1 {
+            Ok(n)
+        } else {
+            Err(format!("{} so far", n.len()))
+        }
+    })
+    .await
+    .unwrap();
+    let node = nodes[0].metadata.name.clone().unwrap();
+    // One pod of the model on the node, which has 4 MPS slots: 3 are free.
+    let ip = model_pod_on(&s, "llama", &node).await;
+    let config = pods_config_filling(&s, &q, route.endpoint(), port, "", true)
+        .replace("concurrency: 25", "concurrency: 2");
+    let _dispatcher = start_dispatcher(&s, &config).await;
+    let sqs = SdkQueue::new(&s.aws);
+    let to_pod = || {
+        pod_server
+            .requests_to("/api/chat")
+            .into_iter()
+            .filter(|r| r.local.is_some_and(|l| l.ip().to_string() == ip))
+            .count()
+    };
+    let to_route = || route.requests_to("/api/chat").len();
+
+    // One request: the Ready pod takes it, not the route.
+    submit(
+        &sqs,
+        s.queue("llama"),
+        &request("llama", "first", &q.replies, 600),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the first request at the pod",
+        Duration::from_secs(20),
+        || async {
+            if to_pod() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{} at the pod", to_pod()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(to_route(), 0, "a Ready pod with a free slot comes first");
+
+    // Then 19 more: the pod's second lane, then 3 free slots x 2 lanes through the route, and no more
+    // while those run.
+    let n = 20;
+    for i in 1..n {
+        submit(
+            &sqs,
+            s.queue("llama"),
+            &request("llama", &format!("r{i}"), &q.replies, 600),
+        )
+        .await
+        .unwrap();
+    }
+    eventually("8 requests running", Duration::from_secs(20), || async {
+        let (p, r) = (to_pod(), to_route());
+        if p == 2 && r == 6 {
+            Ok(())
+        } else {
+            Err(format!("{p} at the pod, {r} through the route"))
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        (to_pod(), to_route()),
+        (2, 6),
+        "nothing beyond the pod's lanes and the free slots' lanes"
+    );
+    // The node is counted busy with its pod's 2 and the route's share (the route picks the pod: at
+    // most the pods there x concurrency).
+    node_annotation_is(&s, &node, "4").await;
+
+    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(120), |r| {
+        r.iter().filter(|x| x.kind.is_terminal()).count() >= n
+    })
+    .await;
+    let mut finals: HashMap<&str, u32> = HashMap::new();
+    for r in replies.iter().filter(|r| r.kind.is_terminal()) {
+        assert_eq!(r.kind, ReplyKind::Final, "{r:?}");
+        *finals.entry(r.id.as_str()).or_default() += 1;
+    }
+    assert_eq!(finals.len(), n, "every request answered");
+    assert!(finals.values().all(|c| *c == 1), "none answered twice");
+    assert_eq!(to_pod() + to_route(), n, "each sent once");
+    node_annotation_is(&s, &node, "0").await;
 }

@@ -8,16 +8,21 @@
 //!   needs an IP.
 //! - Free slots of a model = its counted pods x its `concurrency` - its requests in flight; in `pods`
 //!   mode counted per pod, since the dispatcher picks the pod.
+//! - Free node lanes of a model ([`free_node_lanes`]): whole pods' worth of free GPU slots on usable
+//!   nodes, less what pending pods will take, times `concurrency`. With `fill_free_nodes` the
+//!   dispatcher sends that many requests (less those it already sent that way) through the model's
+//!   route, so Knative grows pods onto capacity already paid for; Ready pods are filled first.
 //! - Work in flight per node, for the scaler: in `pods` mode the dispatcher knows each request's node
 //!   and publishes exact counts. In `route` mode the route picks the pod, so the dispatcher attributes
 //!   conservatively: each node hosting a counted pod of a model with `k` requests in flight is given
-//!   `min(k, pods there x concurrency)`. A node can be over-counted, never under-counted, so the scaler
-//!   never removes a node that may be serving.
+//!   `min(k, pods there x concurrency)`; the same for the requests a `pods`-mode model sent through its
+//!   route into free node slots. A node can be over-counted, never under-counted, so the scaler never
+//!   removes a node that may be serving.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use zerospot_effects::config::{ModelConfig, names};
+use zerospot_effects::config::{ModelConfig, PoolConfig, names};
 
 fn condition_true(
     conditions: Option<&Vec<k8s_openapi::api::core::v1::PodCondition>>,
@@ -170,6 +175,127 @@ pub fn free_pod_slots(
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.1));
     out
+}
+
+/// The extended resource a pod of `model` asks for: `nvidia.com/gpu`, or its MIG profile's slice.
+pub fn gpu_resource(model: &ModelConfig) -> String {
+    model.mig_profile.as_deref().map_or_else(
+        || names::RESOURCE_GPU.to_owned(),
+        |p| format!("{}{p}", names::RESOURCE_MIG_PREFIX),
+    )
+}
+
+/// How many of `resource` a pod asks for (the sum over its containers of the limit, or else the
+/// request: Kubernetes sets an extended resource's request to its limit).
+fn pod_asks(pod: &Pod, resource: &str) -> u64 {
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    spec.containers
+        .iter()
+        .filter_map(|c| {
+            let r = c.resources.as_ref()?;
+            r.limits
+                .as_ref()
+                .and_then(|l| l.get(resource))
+                .or_else(|| r.requests.as_ref().and_then(|q| q.get(resource)))
+        })
+        .map(|q| q.0.trim().parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+fn holds_resources(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// Whether `node` belongs to `pool`: it matches the pool's `node_selector` (equality terms `k=v`
+/// joined by commas; a selector with any other kind of term matches nothing here), by default
+/// `eks.amazonaws.com/nodegroup=<pool name>`.
+pub fn in_pool(node: &Node, pool: &PoolConfig) -> bool {
+    let labels = node.metadata.labels.as_ref();
+    let has = |k: &str, v: &str| labels.and_then(|l| l.get(k)).is_some_and(|x| x == v);
+    match pool.node_selector.as_deref() {
+        None => has(names::LABEL_NODEGROUP, &pool.name),
+        Some(selector) => selector.split(',').map(str::trim).all(|term| {
+            let (k, v) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .unwrap_or((term, ""));
+            let (k, v) = (k.trim(), v.trim());
+            !k.is_empty() && !k.ends_with('!') && !v.is_empty() && has(k, v)
+        }),
+    }
+}
+
+/// Lanes of `model` that the free GPU slots of usable nodes could serve once Knative places pods
+/// there: capacity already paid for that no pod holds (the core's `demand::forwardable` counts
+/// these with the Ready pods' free lanes).
+///
+/// - A node counts when it is in the model's pool or that pool's fallback (`pools`, [`in_pool`]),
+///   can take requests ([`node_unusable`] is `None`) and advertises the model's resource
+///   ([`gpu_resource`]); its free slots are its allocatable less what every pod placed there (any
+///   Knative pod, not terminating or finished) asks for.
+/// - Slots that pending pods (not yet placed, of any model in `models` sharing the model's pool)
+///   will take are not free.
+/// - Lanes are whole pods' worth of free slots (`slots_per_pod` each) times `concurrency`.
+///
+/// `pods` are the Knative pods the dispatcher watches: a pool's node shared with other GPU
+/// workloads counts their slots as free.
+pub fn free_node_lanes(
+    model: &ModelConfig,
+    models: &[ModelConfig],
+    pools: &[PoolConfig],
+    pods: &[&Pod],
+    nodes: &[&Node],
+) -> u32 {
+    let resource = gpu_resource(model);
+    let home = pools.iter().find(|p| p.name == model.pool);
+    let fallback = home
+        .and_then(|p| p.fallback.as_deref())
+        .and_then(|f| pools.iter().find(|p| p.name == f));
+    let mut free: u64 = 0;
+    for node in nodes.iter().filter(|n| {
+        node_unusable(n).is_none()
+            && [home, fallback]
+                .into_iter()
+                .flatten()
+                .any(|p| in_pool(n, p))
+    }) {
+        let allocatable = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get(&resource))
+            .map_or(0, |q| q.0.trim().parse::<u64>().unwrap_or(0));
+        if allocatable == 0 {
+            continue;
+        }
+        let name = node.metadata.name.as_deref();
+        let used: u64 = pods
+            .iter()
+            .filter(|p| holds_resources(p))
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == name)
+            .map(|p| pod_asks(p, &resource))
+            .sum();
+        free += allocatable.saturating_sub(used);
+    }
+    let pending: u64 = pods
+        .iter()
+        .filter(|p| holds_resources(p))
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+        .filter(|p| {
+            models
+                .iter()
+                .any(|m| m.pool == model.pool && is_model_pod(p, m))
+        })
+        .map(|p| pod_asks(p, &resource))
+        .sum();
+    let whole_pods = free.saturating_sub(pending) / u64::from(model.slots_per_pod.max(1));
+    u32::try_from(whole_pods.saturating_mul(u64::from(model.concurrency))).unwrap_or(u32::MAX)
 }
 
 /// Work in flight per node for `route`-mode models (see the module docs), for every node hosting a
@@ -409,5 +535,243 @@ mod tests {
         assert_eq!(per_node.get("n4"), None, "another model's pod");
         let idle = in_flight_per_node(&[(&m, 0)], &pod_refs);
         assert_eq!(idle.get("n1"), Some(&0));
+    }
+
+    fn pools() -> Vec<PoolConfig> {
+        serde_json::from_value(serde_json::json!([
+            {"name": "gpu", "asg_name": "gpu-asg", "fallback": "gpu-od"},
+            {"name": "gpu-od", "asg_name": "gpu-od-asg"},
+            {"name": "other", "asg_name": "other-asg"},
+            {"name": "custom", "asg_name": "custom-asg", "node_selector": "team=ml, tier==gpu"}
+        ]))
+        .unwrap()
+    }
+
+    fn gpu_node(name: &str, ready: bool, resource: &str, count: u32) -> Node {
+        in_group(name, ready, resource, count, "gpu")
+    }
+
+    fn in_group(name: &str, ready: bool, resource: &str, count: u32, group: &str) -> Node {
+        let mut n = node(name, ready);
+        n.metadata.labels = Some([(names::LABEL_NODEGROUP.to_owned(), group.to_owned())].into());
+        n.status.as_mut().unwrap().allocatable = Some(
+            [(
+                resource.to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(count.to_string()),
+            )]
+            .into(),
+        );
+        n
+    }
+
+    fn asking(mut p: Pod, resource: &str, n: u32) -> Pod {
+        p.spec.as_mut().unwrap().containers = vec![k8s_openapi::api::core::v1::Container {
+            name: "server".into(),
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                limits: Some(
+                    [(
+                        resource.to_owned(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity(n.to_string()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        p
+    }
+
+    fn pending(mut p: Pod) -> Pod {
+        p.spec.as_mut().unwrap().node_name = None;
+        p
+    }
+
+    #[test]
+    fn free_node_lanes_count_whole_pods_of_free_slots_on_usable_nodes_less_pending_pods() {
+        const GPU: &str = "nvidia.com/gpu";
+        let mut m = model(4);
+        let mistral: ModelConfig = serde_json::from_value(serde_json::json!({
+            "name": "mistral", "pool": "gpu", "namespace": "models", "service": "mistral"
+        }))
+        .unwrap();
+        let elsewhere: ModelConfig = serde_json::from_value(serde_json::json!({
+            "name": "phi", "pool": "cpu", "namespace": "models", "service": "phi"
+        }))
+        .unwrap();
+        let models = [m.clone(), mistral, elsewhere];
+        let mut tainted = gpu_node("n3", true, GPU, 4);
+        tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: names::TAINT_INTERRUPTED.into(),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        }]);
+        let nodes = [
+            gpu_node("n1", true, GPU, 4),
+            gpu_node("n2", false, GPU, 4),
+            tainted,
+            node("n4", true),
+            gpu_node("n5", true, GPU, 2),
+        ];
+        let node_refs: Vec<&Node> = nodes.iter().collect();
+        let mut gone = asking(pod("llama", "n5", true), GPU, 1);
+        gone.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let mut done = asking(pod("mistral", "n5", true), GPU, 1);
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let pods = [
+            // n1: llama and mistral hold one slot each, a not-yet-Ready pod a third: 1 free.
+            asking(pod("llama", "n1", true), GPU, 1),
+            asking(pod("mistral", "n1", true), GPU, 1),
+            asking(pod("mistral", "n1", false), GPU, 1),
+            // n5: its pods are terminating or finished: 2 free.
+            gone,
+            done,
+        ];
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
+        // 3 free slots (n2 is not Ready, n3 interrupted, n4 has no GPU), 1 slot per pod, 4 lanes each.
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &pod_refs, &node_refs),
+            12
+        );
+        // A pending pod of a model of the same pool will take one; one of another pool will not.
+        let mut more: Vec<Pod> = pods.to_vec();
+        more.push(pending(asking(pod("mistral", "x", false), GPU, 1)));
+        more.push(pending(asking(pod("phi", "x", false), GPU, 1)));
+        let more_refs: Vec<&Pod> = more.iter().collect();
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &more_refs, &node_refs),
+            8
+        );
+        // Two slots per pod: only whole pods.
+        m.slots_per_pod = 2;
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &pod_refs, &node_refs),
+            4
+        );
+        m.slots_per_pod = 4;
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &pod_refs, &node_refs),
+            0
+        );
+        // Nodes of the fallback pool count; those of another pool do not.
+        let spread = [
+            in_group("f1", true, GPU, 2, "gpu-od"),
+            in_group("o1", true, GPU, 4, "other"),
+        ];
+        let spread_refs: Vec<&Node> = spread.iter().collect();
+        m.slots_per_pod = 1;
+        assert_eq!(free_node_lanes(&m, &models, &pools(), &[], &spread_refs), 8);
+        let no_fallback: Vec<PoolConfig> = pools()
+            .into_iter()
+            .map(|mut p| {
+                p.fallback = None;
+                p
+            })
+            .collect();
+        assert_eq!(
+            free_node_lanes(&m, &models, &no_fallback, &[], &spread_refs),
+            0
+        );
+        // A full pool: nothing.
+        let full = [gpu_node("n1", true, GPU, 2)];
+        let full_refs: Vec<&Node> = full.iter().collect();
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &pod_refs, &full_refs),
+            0
+        );
+    }
+
+    #[test]
+    fn a_pool_s_nodes_are_those_its_selector_or_its_name_picks() {
+        let ps = pools();
+        let labelled = |labels: &[(&str, &str)]| {
+            let mut n = node("n", true);
+            n.metadata.labels = Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+            n
+        };
+        let by_name = labelled(&[(names::LABEL_NODEGROUP, "gpu")]);
+        assert!(in_pool(&by_name, &ps[0]));
+        assert!(!in_pool(&by_name, &ps[1]));
+        assert!(!in_pool(&node("n", true), &ps[0]), "no labels");
+        let custom = &ps[3];
+        assert!(in_pool(
+            &labelled(&[("team", "ml"), ("tier", "gpu")]),
+            custom
+        ));
+        assert!(!in_pool(&labelled(&[("team", "ml")]), custom), "every term");
+        assert!(!in_pool(
+            &labelled(&[("team", "ml"), ("tier", "cpu")]),
+            custom
+        ));
+        let mut odd = custom.clone();
+        for selector in ["team!=ml", "team in (ml)", "team", "=ml", "team="] {
+            odd.node_selector = Some(selector.into());
+            assert!(
+                !in_pool(&labelled(&[("team", "ml"), ("team!", "ml")]), &odd),
+                "{selector}"
+            );
+        }
+    }
+
+    #[test]
+    fn free_node_lanes_read_the_model_s_mig_slice_and_requests_when_no_limit_is_set() {
+        let mut m = model(1);
+        m.mig_profile = Some("1g.10gb".into());
+        assert_eq!(gpu_resource(&m), "nvidia.com/mig-1g.10gb");
+        assert_eq!(gpu_resource(&model(1)), "nvidia.com/gpu");
+        let nodes = [
+            gpu_node("n1", true, "nvidia.com/mig-1g.10gb", 7),
+            gpu_node("n2", true, "nvidia.com/gpu", 4),
+        ];
+        let node_refs: Vec<&Node> = nodes.iter().collect();
+        let mut by_request = pod("llama", "n1", true);
+        by_request.spec.as_mut().unwrap().containers =
+            vec![k8s_openapi::api::core::v1::Container {
+                name: "server".into(),
+                resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                    requests: Some(
+                        [(
+                            "nvidia.com/mig-1g.10gb".to_owned(),
+                            k8s_openapi::apimachinery::pkg::api::resource::Quantity("2".into()),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }];
+        let pods = [
+            by_request,
+            asking(pod("llama", "n2", true), "nvidia.com/gpu", 1),
+        ];
+        let pod_refs: Vec<&Pod> = pods.iter().collect();
+        let models = [m.clone()];
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &pod_refs, &node_refs),
+            5
+        );
+        // A quantity that is not a whole number counts as nothing.
+        let odd = [gpu_node("n1", true, "nvidia.com/mig-1g.10gb", 7)];
+        let mut odd_nodes: Vec<Node> = odd.to_vec();
+        odd_nodes[0].status.as_mut().unwrap().allocatable = Some(
+            [(
+                "nvidia.com/mig-1g.10gb".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("7.5".into()),
+            )]
+            .into(),
+        );
+        let odd_refs: Vec<&Node> = odd_nodes.iter().collect();
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &pod_refs, &odd_refs),
+            0
+        );
     }
 }

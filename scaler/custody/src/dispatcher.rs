@@ -2,7 +2,8 @@
 //! to the model's route, streams the answer to the reply queue, and only then deletes the request.
 //!
 //! # Expected flow (per model)
-//! 1. Count free slots ([`crate::capacity`]). None free: receive nothing, so requests stay in SQS. If
+//! 1. Count free slots ([`crate::capacity`]): the Ready pods', and with `fill_free_nodes` those of free
+//!    GPU slots through the route. None free: receive nothing, so requests stay in SQS. If
 //!    the model has no Ready pod at all and requests wait, send a wake-up request through its Knative
 //!    route (below), and wait for a pod or node change.
 //! 2. Receive at most as many requests as there are free slots, hidden for `visibility_timeout_s`.
@@ -28,7 +29,16 @@
 //! back to the queue (visibility 0, its stream to the pod closed) the moment its pod terminates or
 //! vanishes or its node is tainted `zerospot.io/interrupted` or vanishes, so another pod answers it
 //! well within a Spot interruption's two minutes. In `route` mode it sends to the model's `endpoint`
-//! and cannot know the node; such a request is retried when its stream is cut. Without a cluster
+//! and cannot know the node; such a request is retried when its stream is cut.
+//!
+//! With `fill_free_nodes` (the default) it also sends through the route as many requests as the free
+//! GPU slots of the pool's usable nodes can take ([`capacity::free_node_lanes`]: capacity already
+//! paid for that no pod holds, less what it already sent that way), after the Ready pods are full.
+//! Knative's activator holds each until a pod is Ready in a free slot, and Knative (at 100 % target
+//! utilisation) grows pods for them; this is the core's `demand::forwardable`, as the simulator runs
+//! it. Such a request, like one in `route` mode, is attributed to the nodes of the model's pods for
+//! the scaler, and retried when its stream is cut. The message stays in SQS (invisible, renewed)
+//! until its reply is sent, wherever the request waits. Without a cluster
 //! (`zerospot dispatcher --no-cluster`, a single GPU box) each model's `endpoint` offers `concurrency`
 //! slots and is always ready.
 //!
@@ -219,6 +229,15 @@ impl State {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
+    /// Requests of `model` running through its route (no pod chosen by the dispatcher).
+    fn running_via_route(&self, model: &str) -> u32 {
+        let n = lock(&self.running)
+            .values()
+            .filter(|r| r.pod.is_none() && r.model == model)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Requests running per node, for the models dispatched to pods.
     fn running_per_node(&self) -> HashMap<String, u32> {
         let mut out: HashMap<String, u32> = HashMap::new();
@@ -353,16 +372,49 @@ impl Dispatcher {
         let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
         let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
         let ready = capacity::ready_pods(model, &pod_refs, &node_refs).len();
+        let node_lanes = if model.fill_free_nodes {
+            capacity::free_node_lanes(
+                model,
+                &self.config.models,
+                &self.config.pools,
+                &pod_refs,
+                &node_refs,
+            )
+        } else {
+            0
+        };
         let slots = match model.target {
-            Target::Pods => capacity::free_pod_slots(model, &pod_refs, &node_refs, |uid| {
-                self.state.running_on_pod(uid)
-            })
-            .into_iter()
-            .map(|(p, free)| (Some(p), free))
-            .collect(),
+            Target::Pods => {
+                let mut slots: Vec<(Option<PodTarget>, u32)> =
+                    capacity::free_pod_slots(model, &pod_refs, &node_refs, |uid| {
+                        self.state.running_on_pod(uid)
+                    })
+                    .into_iter()
+                    .map(|(p, free)| (Some(p), free))
+                    .collect();
+                // Requests sent through the route hold lanes of pods that may be Ready by now (the
+                // route picked them): charge them to the free node lanes first, then to the pods.
+                let mut owed = self.state.running_via_route(&model.name);
+                let overflow = node_lanes.saturating_sub(owed);
+                owed = owed.saturating_sub(node_lanes);
+                for slot in &mut slots {
+                    let paid = owed.min(slot.1);
+                    slot.1 -= paid;
+                    owed -= paid;
+                }
+                slots.retain(|s| s.1 > 0);
+                if overflow > 0 {
+                    slots.push((None, overflow));
+                }
+                slots
+            }
+            // The route picks the pod: the Ready pods' lanes and the free node lanes, less all in
+            // flight.
             Target::Route => vec![(
                 None,
-                capacity::free_slots(model, &pod_refs, &node_refs, in_flight),
+                capacity::free_slots(model, &pod_refs, &node_refs, 0)
+                    .saturating_add(node_lanes)
+                    .saturating_sub(in_flight),
             )],
         };
         (slots, ready)
@@ -429,8 +481,8 @@ impl Dispatcher {
                                 .unwrap_or_else(Utc::now),
                             message.receive_count,
                         );
-                        // The destination with the most free slots (slots stay sorted that way).
-                        slots.sort_by_key(|s| std::cmp::Reverse(s.1));
+                        // A Ready pod before the route, then the most free slots.
+                        slots.sort_by_key(|s| (s.0.is_none(), std::cmp::Reverse(s.1)));
                         let Some(slot) = slots.first_mut().filter(|s| s.1 > 0) else {
                             // Capacity went away between counting and receiving: hand it back.
                             let _ = self
@@ -972,8 +1024,12 @@ impl Dispatcher {
                 .config
                 .models
                 .iter()
-                .filter(|m| m.target == Target::Route)
-                .map(|m| (m, by_model.get(&m.name).copied().unwrap_or(0)))
+                .map(|m| match m.target {
+                    Target::Route => (m, by_model.get(&m.name).copied().unwrap_or(0)),
+                    // Requests sent through the route into free node slots: the route picks the pod.
+                    Target::Pods => (m, self.state.running_via_route(&m.name)),
+                })
+                .filter(|(_, n)| *n > 0)
                 .collect();
             let mut now_counts = capacity::in_flight_per_node(&routed, &pod_refs);
             // Pods of `pods`-mode models count as idle until a request runs there.

@@ -96,6 +96,23 @@ pub async fn run(
         state.clone(),
         publish_stopped,
     ));
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Dispatch only once both caches hold the cluster as it is: an empty pod cache would show the
+    // pods' GPU slots as free and the nodes' work as gone.
+    tokio::select! {
+        r = async { tokio::try_join!(nodes.wait_until_ready(), pods.wait_until_ready()) } => {
+            if let Err(e) = r {
+                return Err(ServiceError::Kube(format!("node and pod caches: {e}")));
+            }
+        }
+        () = &mut shutdown => {
+            nodes_task.abort();
+            pods_task.abort();
+            publish_task.abort();
+            http.abort();
+            return Ok(());
+        }
+    }
     let dispatcher = Arc::new(Dispatcher {
         config,
         queue: Arc::new(SdkQueue::new(aws)),

@@ -233,6 +233,13 @@ pub struct ModelConfig {
     /// `containerConcurrency` and reports the load Knative's autoscaler scales on.
     #[serde(default = "queue_proxy_port")]
     pub pod_port: u16,
+    /// Whether the dispatcher also sends, through the model's route, as many requests as the free GPU
+    /// slots of usable nodes could serve once Knative places pods there (capacity already paid for;
+    /// the core's `demand::forwardable`). Knative sees them, in its activator or its pods' queue-proxy,
+    /// and grows pods into those slots; with it the model's Knative target utilisation can be 100 %.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub fill_free_nodes: bool,
 }
 
 impl ModelConfig {
@@ -253,6 +260,10 @@ fn one() -> u32 {
 
 fn queue_proxy_port() -> u16 {
     8012
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The controller's intervals and limits. Each default says why.
