@@ -645,6 +645,18 @@ mod tests {
             free_node_lanes(&m, &models, &pools(), &more_refs, &node_refs),
             8
         );
+        let other_pool_only: Vec<&Pod> = more_refs
+            .iter()
+            .copied()
+            .filter(|p| {
+                !(is_model_pod(p, &models[1]) && p.spec.as_ref().unwrap().node_name.is_none())
+            })
+            .collect();
+        assert_eq!(
+            free_node_lanes(&m, &models, &pools(), &other_pool_only, &node_refs),
+            12,
+            "a pending pod of another pool's model takes nothing here"
+        );
         // Two slots per pod: only whole pods.
         m.slots_per_pod = 2;
         assert_eq!(
