@@ -67,15 +67,18 @@ impl DecayingRate {
         }
     }
 
-    /// One event at `t`.
+    /// One event at `t`. An event older than the last one (SQS delivers out of order, most of all a
+    /// backlog drained after a cold start) counts with the weight it has by now, exactly as if it had
+    /// been recorded in order.
     pub fn record(&mut self, t: f64) {
         if !t.is_finite() {
             return;
         }
-        let t = t.max(self.at);
-        self.count = self.decayed(t) + 1.0;
-        self.at = t;
-        self.first.get_or_insert(t);
+        // The count is kept as of the latest event: a late one adds its weight at that time.
+        let at = self.first.map_or(t, |_| self.at.max(t));
+        self.count = self.decayed(at) + (-(at - t) / self.window_s).exp();
+        self.at = at;
+        self.first = Some(self.first.map_or(t, |f| f.min(t)));
     }
 
     fn decayed(&self, t: f64) -> f64 {
@@ -259,17 +262,22 @@ impl DemandEstimate {
         }
     }
 
-    /// A request arrived at `t`.
+    /// A request arrived at `t`. An arrival older than the latest one seen counts in the rate (at its
+    /// own time) but not in the gaps: it falls inside a gap already recorded, which stays one longer
+    /// gap. That errs towards long gaps, so towards keeping a node, never towards removing one.
     pub fn arrived(&mut self, t: f64) {
         if !t.is_finite() {
             return;
         }
         self.recent.record(t);
-        let t = self.last.map_or(t, |last| {
-            self.gaps.record(t.max(last) - last);
-            t.max(last)
-        });
-        self.last = Some(t);
+        match self.last {
+            Some(last) if t < last => {}
+            Some(last) => {
+                self.gaps.record(t - last);
+                self.last = Some(t);
+            }
+            None => self.last = Some(t),
+        }
     }
 
     /// A request that held its lane `took_s` seconds finished at `t`.
@@ -354,12 +362,22 @@ mod tests {
     fn time_going_backwards_or_nonsense_time_neither_panics_nor_inflates() {
         let mut r = DecayingRate::new(60.0, 10.0);
         r.record(100.0);
-        r.record(50.0); // counted at 100
-        assert!(close(r.per_s(100.0), 0.2));
-        assert!(close(r.per_s(20.0), 0.2), "a past time reads as the last");
+        let mut in_order = DecayingRate::new(60.0, 10.0);
+        in_order.record(50.0);
+        in_order.record(100.0);
+        r.record(50.0); // late: counted as if it had come in order
+        assert!(close(r.per_s(100.0), in_order.per_s(100.0)));
+        assert!(close(r.per_s(130.0), in_order.per_s(130.0)));
+        let e50 = (-50.0f64 / 60.0).exp();
+        assert!(close(
+            r.per_s(100.0),
+            (1.0 + e50) / (60.0 * (1.0 - e50) + 10.0)
+        ));
+        let now = r.per_s(100.0);
+        assert!(close(r.per_s(20.0), now), "a past time reads as the last");
         r.record(f64::NAN);
-        assert!(close(r.per_s(100.0), 0.2));
-        assert!(close(r.per_s(f64::INFINITY), 0.2));
+        assert!(close(r.per_s(100.0), now));
+        assert!(close(r.per_s(f64::INFINITY), now));
         let bad = DecayingRate::new(f64::NAN, -3.0);
         assert_eq!(bad, DecayingRate::new(1.0, 0.0));
     }
@@ -424,15 +442,32 @@ mod tests {
         assert!(d.arrival_rate_per_s.unwrap() < 1e-3);
         assert_eq!(d.silent_for_s, Some(601.0));
         assert_eq!(e.recent_per_s(700.0), d.arrival_rate_per_s.unwrap());
-        // A late or nonsense arrival makes no negative gap.
+        // A late or nonsense arrival makes no gap, but the late one counts in the rate.
+        let before = e.recent_per_s(100.0);
         e.arrived(50.0);
         e.arrived(f64::NAN);
+        assert_eq!(e.gaps(), &gaps);
+        assert!(e.recent_per_s(100.0) > before);
+        assert_eq!(e.silent_for_s(99.0), Some(0.0));
+        assert_eq!(
+            e.silent_for_s(100.0),
+            Some(1.0),
+            "the latest arrival still counts"
+        );
+        // Two at the same instant: a gap of 0.
+        let mut twice = DemandEstimate::new(5.0);
+        twice.arrived(7.0);
+        twice.arrived(7.0);
+        assert!(close(twice.gaps().total(), 1.0));
+        assert!(close(twice.gaps().longer_than(0.5), 0.5));
+        // In order again: the gap from the latest arrival, 4 s, in the [4, 8) bucket.
+        e.arrived(103.0);
         assert!(close(
             e.gaps().total(),
             gaps.total() * (1.0 - 1.0 / GAP_MEMORY) + 1.0
         ));
-        assert!(close(e.gaps().longer_than(-1.0), e.gaps().total()));
-        assert_eq!(e.silent_for_s(99.0), Some(0.0));
+        assert!(close(e.gaps().longer_than(4.0), 1.0));
+        assert!(close(e.gaps().longer_than(8.0), 0.0));
     }
 
     #[test]
