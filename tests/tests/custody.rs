@@ -133,6 +133,70 @@ async fn collect_replies(
     replies(&got)
 }
 
+/// Reads replies until `n` are terminal; asserts each is a final reply and no id is answered twice.
+/// Returns every reply read and the final one per id.
+async fn all_answered_once(
+    queue: &SdkQueue,
+    url: &str,
+    n: usize,
+) -> (Vec<Reply>, HashMap<String, Reply>) {
+    let replies = collect_replies(queue, url, Duration::from_secs(120), |r| {
+        r.iter().filter(|x| x.kind.is_terminal()).count() >= n
+    })
+    .await;
+    let mut finals: HashMap<String, Reply> = HashMap::new();
+    for r in replies.iter().filter(|r| r.kind.is_terminal()) {
+        assert_eq!(r.kind, ReplyKind::Final, "{r:?}");
+        assert!(
+            finals.insert(r.id.clone(), r.clone()).is_none(),
+            "{} answered twice",
+            r.id
+        );
+    }
+    assert_eq!(finals.len(), n, "every request answered");
+    (replies, finals)
+}
+
+/// Submits a request for `llama` with id `<prefix><i>` for each `i` in `range`, replies to `q.replies`.
+async fn submit_many(
+    sqs: &SdkQueue,
+    s: &Scenario,
+    q: &Queues,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        submit(
+            sqs,
+            s.queue("llama"),
+            &request("llama", &format!("{prefix}{i}"), &q.replies, 600),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Sets the scenario's group to `n` instances and waits for their `n` Ready nodes.
+async fn ready_nodes(s: &Scenario, n: usize) -> Vec<k8s_openapi::api::core::v1::Node> {
+    zerospot_testbed::fixtures::set_desired_capacity(&s.aws, &s.group, i32::try_from(n).unwrap())
+        .await
+        .unwrap();
+    eventually(
+        &format!("{n} Ready nodes"),
+        Duration::from_secs(30),
+        || async {
+            let nodes = s.ready_nodes().await;
+            if nodes.len() == n {
+                Ok(nodes)
+            } else {
+                Err(format!("{} so far", nodes.len()))
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Plays Knative's part for a model: its pod, asking for one MPS slot, pinned to the group's nodes.
 async fn model_pod(s: &Scenario, model: &str) {
     let mut pod = gpu_pod(&unique_name(model), &s.group, 1);
@@ -172,15 +236,7 @@ async fn two_hundred_requests_submitted_with_the_group_at_zero_are_all_answered_
     let _dispatcher = start_dispatcher(&s, &config).await;
     let sqs = SdkQueue::new(&s.aws);
     let n = 200;
-    for i in 0..n {
-        submit(
-            &sqs,
-            s.queue("llama"),
-            &request("llama", &format!("r{i}"), &q.replies, 600),
-        )
-        .await
-        .unwrap();
-    }
+    submit_many(&sqs, &s, &q, "r", 0..n).await;
     // Nothing is dispatched while no pod is Ready; the dispatcher wakes the route instead, and Knative
     // (played here) answers the wake-up with desiredScale 1 and a pod.
     let wake = eventually(
@@ -204,17 +260,7 @@ async fn two_hundred_requests_submitted_with_the_group_at_zero_are_all_answered_
     s.set_desired_scale(&pa, 1).await;
     model_pod(&s, "llama").await;
 
-    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(120), |r| {
-        r.iter().filter(|x| x.kind.is_terminal()).count() >= n
-    })
-    .await;
-    let mut finals: HashMap<&str, u32> = HashMap::new();
-    for r in replies.iter().filter(|r| r.kind.is_terminal()) {
-        assert_eq!(r.kind, ReplyKind::Final, "{r:?}");
-        *finals.entry(r.id.as_str()).or_default() += 1;
-    }
-    assert_eq!(finals.len(), n, "every request answered");
-    assert!(finals.values().all(|c| *c == 1), "none answered twice");
+    let (replies, _) = all_answered_once(&sqs, &q.replies, n).await;
     assert!(
         standin.requests_to("/api/chat").is_empty(),
         "requests go to the pod, not the route"
@@ -525,19 +571,7 @@ async fn a_spot_interruption_during_fifty_requests_in_flight_hands_its_node_s_re
             .tokens_per_reply(40),
     )
     .await;
-    zerospot_testbed::fixtures::set_desired_capacity(&s.aws, &s.group, 3)
-        .await
-        .unwrap();
-    let nodes = eventually("three Ready nodes", Duration::from_secs(30), || async {
-        let n = s.ready_nodes().await;
-        if n.len() == 3 {
-            Ok(n)
-        } else {
-            Err(format!("{} so far", n.len()))
-        }
-    })
-    .await
-    .unwrap();
+    let nodes = ready_nodes(&s, 3).await;
     let name = |i: usize| nodes[i].metadata.name.clone().unwrap();
     let (a, b, c) = (name(0), name(1), name(2));
     let ip_a = model_pod_on(&s, "llama", &a).await;
@@ -550,15 +584,7 @@ async fn a_spot_interruption_during_fifty_requests_in_flight_hands_its_node_s_re
     .await;
     let sqs = SdkQueue::new(&s.aws);
     let n = 50;
-    for i in 0..n {
-        submit(
-            &sqs,
-            s.queue("llama"),
-            &request("llama", &format!("r{i}"), &q.replies, 600),
-        )
-        .await
-        .unwrap();
-    }
+    submit_many(&sqs, &s, &q, "r", 0..n).await;
     let to = |ip: &str| {
         standin
             .requests_to("/api/chat")
@@ -596,16 +622,7 @@ async fn a_spot_interruption_during_fifty_requests_in_flight_hands_its_node_s_re
         .unwrap();
     let ip_c = model_pod_on(&s, "llama", &c).await;
 
-    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(120), |r| {
-        r.iter().filter(|x| x.kind.is_terminal()).count() >= n
-    })
-    .await;
-    let mut finals: HashMap<&str, &Reply> = HashMap::new();
-    for r in replies.iter().filter(|r| r.kind.is_terminal()) {
-        assert_eq!(r.kind, ReplyKind::Final, "{r:?}");
-        assert!(finals.insert(r.id.as_str(), r).is_none(), "{} twice", r.id);
-    }
-    assert_eq!(finals.len(), n, "every request answered");
+    let (_, finals) = all_answered_once(&sqs, &q.replies, n).await;
     let on_a: Vec<String> = to(&ip_a)
         .iter()
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
@@ -855,15 +872,7 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
     warm(&s, "llama").await;
     let sqs = SdkQueue::new(&s.aws);
     let n = 5;
-    for i in 0..n {
-        submit(
-            &sqs,
-            s.queue("llama"),
-            &request("llama", &format!("d{i}"), &q.replies, 600),
-        )
-        .await
-        .unwrap();
-    }
+    submit_many(&sqs, &s, &q, "d", 0..n).await;
     let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(60), |r| {
         r.iter().filter(|x| x.kind == ReplyKind::Final).count() >= n
     })
@@ -978,20 +987,7 @@ async fn free_gpu_slots_take_requests_through_the_route_once_the_pods_are_full()
     // The route: in a cluster Knative's activator, which holds a request until a pod is Ready in the
     // free slot; here a stand-in that answers.
     let route = StandIn::start(slow()).await.unwrap();
-    zerospot_testbed::fixtures::set_desired_capacity(&s.aws, &s.group, 1)
-        .await
-        .unwrap();
-    let nodes = eventually("a Ready node", Duration::from_secs(30), || async {
-        let n = s.ready_nodes().await;
-        if n.len() == 1 {
-            Ok(n)
-        } else {
-            Err(format!("{} so far", n.len()))
-        }
-    })
-    .await
-    .unwrap();
-    let node = nodes[0].metadata.name.clone().unwrap();
+    let node = ready_nodes(&s, 1).await[0].metadata.name.clone().unwrap();
     // One pod of the model on the node, which has 4 MPS slots: 3 are free.
     let ip = model_pod_on(&s, "llama", &node).await;
     let config = pods_config_filling(&s, &q, route.endpoint(), port, "", true)
@@ -1033,15 +1029,7 @@ async fn free_gpu_slots_take_requests_through_the_route_once_the_pods_are_full()
     // Then 19 more: the pod's second lane, then 3 free slots x 2 lanes through the route, and no more
     // while those run.
     let n = 20;
-    for i in 1..n {
-        submit(
-            &sqs,
-            s.queue("llama"),
-            &request("llama", &format!("r{i}"), &q.replies, 600),
-        )
-        .await
-        .unwrap();
-    }
+    submit_many(&sqs, &s, &q, "r", 1..n).await;
     eventually("8 requests running", Duration::from_secs(20), || async {
         let (p, r) = (to_pod(), to_route());
         if p == 2 && r == 6 {
@@ -1062,17 +1050,7 @@ async fn free_gpu_slots_take_requests_through_the_route_once_the_pods_are_full()
     // most the pods there x concurrency).
     node_annotation_is(&s, &node, "4").await;
 
-    let replies = collect_replies(&sqs, &q.replies, Duration::from_secs(120), |r| {
-        r.iter().filter(|x| x.kind.is_terminal()).count() >= n
-    })
-    .await;
-    let mut finals: HashMap<&str, u32> = HashMap::new();
-    for r in replies.iter().filter(|r| r.kind.is_terminal()) {
-        assert_eq!(r.kind, ReplyKind::Final, "{r:?}");
-        *finals.entry(r.id.as_str()).or_default() += 1;
-    }
-    assert_eq!(finals.len(), n, "every request answered");
-    assert!(finals.values().all(|c| *c == 1), "none answered twice");
+    all_answered_once(&sqs, &q.replies, n).await;
     assert_eq!(to_pod() + to_route(), n, "each sent once");
     node_annotation_is(&s, &node, "0").await;
 }
