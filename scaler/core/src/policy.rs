@@ -80,9 +80,11 @@ pub struct Timing {
     /// Square-root staffing: with an offered load of `a` lanes (arrival rate x service time), keep
     /// `a + headroom x sqrt(a)` lanes. Default 1.0: with Poisson arrivals about a fifth of requests then
     /// find every lane busy (Halfin-Whitt), and those wait a fraction of a service time, not a cold
-    /// start. Chosen with `simgoals` on the six reference workloads, seeds 1-4: 1.0 met 26, 22, 24 and 23
-    /// of their 29 goals, 1.5 met 25, 21, 23 and 22 (more headroom nodes, more of them removed and
-    /// launched again), 2.0 met 23 on seed 1.
+    /// start. Chosen with `simgoals` on the six reference workloads, seeds 1-4, before `keep_headroom`
+    /// and `relaunch_risk` existed and with the synthetic sharing curve: 1.0 met 26, 22, 24 and 23 of
+    /// their 29 goals, 1.5 met 25, 21, 23 and 22 (more headroom nodes, more of them removed and
+    /// launched again), 2.0 met 23 on seed 1. With both and the measured H200 curve, seeds 1-4 meet 98
+    /// goals at 1.0, 93 at 0.5, 91 at 1.5 and 91 at 2.0 (`simgoals --headroom`).
     pub headroom: f64,
     /// The square-root staffing confidence removals use: a node goes only when the lanes left hold
     /// `a + keep_headroom x sqrt(a)`, more than the `headroom` launches are sized for. Default 1.5: the
