@@ -221,12 +221,15 @@ impl State {
     }
 
     /// Requests running on the pod with this UID.
-    fn running_on_pod(&self, uid: &str) -> u32 {
-        let n = lock(&self.running)
-            .values()
-            .filter(|r| r.pod.as_ref().is_some_and(|p| p.uid == uid))
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
+    /// Requests running per pod UID (one pass over the running requests).
+    fn running_per_pod(&self) -> HashMap<String, u32> {
+        let mut out: HashMap<String, u32> = HashMap::new();
+        for r in lock(&self.running).values() {
+            if let Some(p) = &r.pod {
+                *out.entry(p.uid.clone()).or_default() += 1;
+            }
+        }
+        out
     }
 
     /// Requests of `model` running through its route (no pod chosen by the dispatcher).
@@ -385,9 +388,10 @@ impl Dispatcher {
         };
         let slots = match model.target {
             Target::Pods => {
+                let per_pod = self.state.running_per_pod();
                 let mut slots: Vec<(Option<PodTarget>, u32)> =
                     capacity::free_pod_slots(model, &pod_refs, &node_refs, |uid| {
-                        self.state.running_on_pod(uid)
+                        per_pod.get(uid).copied().unwrap_or(0)
                     })
                     .into_iter()
                     .map(|(p, free)| (Some(p), free))
@@ -990,15 +994,17 @@ impl Dispatcher {
         while !*shutdown.borrow() {
             let (pods, nodes) = self.pods_and_nodes();
             let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
+            let by_uid: HashMap<&str, &Pod> = pods
+                .iter()
+                .filter_map(|p| Some((p.metadata.uid.as_deref()?, p.as_ref())))
+                .collect();
             for r in lock(&self.state.running).values() {
                 let Some(target) = &r.pod else { continue };
                 if r.release.borrow().is_some() {
                     continue;
                 }
-                let pod = pods
-                    .iter()
-                    .find(|p| p.metadata.uid.as_deref() == Some(target.uid.as_str()));
-                if let Some(reason) = capacity::pod_doomed(pod.map(AsRef::as_ref), &node_refs) {
+                let pod = by_uid.get(target.uid.as_str()).copied();
+                if let Some(reason) = capacity::pod_doomed(pod, &node_refs) {
                     let _ = r.release.send(Some(reason));
                 }
             }
