@@ -146,6 +146,19 @@ pub struct BedInfo {
     pub start_seconds: f64,
 }
 
+impl BedInfo {
+    /// The environment a child process (a `zerospot` binary, a Lambda bootstrap) needs to reach moto:
+    /// its endpoint and region and static test credentials; pass it to `Command::envs`.
+    pub fn aws_env(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ENDPOINT_URL", self.moto_endpoint.clone()),
+            ("AWS_REGION", self.region.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ]
+    }
+}
+
 /// A running bed, started by this process (stopped on drop) or attached to (left running).
 #[derive(Debug)]
 pub struct TestBed {

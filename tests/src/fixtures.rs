@@ -65,6 +65,17 @@ pub async fn create_gpu_group(
     Ok(())
 }
 
+/// A new SQS queue named `<prefix>-<unique suffix>` ([`crate::unique_name`]); returns its URL.
+pub async fn create_queue(aws: &SdkConfig, prefix: &str) -> Result<String> {
+    let out = aws_sdk_sqs::Client::new(aws)
+        .create_queue()
+        .queue_name(crate::unique_name(prefix))
+        .send()
+        .await
+        .map_err(Error::aws("CreateQueue"))?;
+    Ok(out.queue_url().unwrap_or_default().to_owned())
+}
+
 /// SetDesiredCapacity on a group.
 pub async fn set_desired_capacity(aws: &SdkConfig, group: &str, desired: i32) -> Result<()> {
     aws_sdk_autoscaling::Client::new(aws)

@@ -21,7 +21,7 @@ use zerospot_custody::client::submit;
 use zerospot_custody::queue::{Queue, SdkQueue};
 use zerospot_custody::reply::{Reply, ReplyKind};
 use zerospot_effects::{Memory, Published, ScalerConfig, World, names, observe};
-use zerospot_testbed::fixtures::gpu_pod;
+use zerospot_testbed::fixtures::{create_queue, gpu_pod, set_desired_capacity};
 use zerospot_testbed::{StandIn, StandInOptions, eventually, unique_name};
 
 /// A dispatcher running in this process; stopped when dropped.
@@ -70,20 +70,9 @@ struct Queues {
 }
 
 async fn queues(s: &Scenario) -> Queues {
-    let sqs = aws_sdk_sqs::Client::new(&s.aws);
-    let make = async |name: &str| {
-        sqs.create_queue()
-            .queue_name(unique_name(name))
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_owned()
-    };
     Queues {
-        replies: make("replies").await,
-        dlq: make("dlq").await,
+        replies: create_queue(&s.aws, "replies").await.unwrap(),
+        dlq: create_queue(&s.aws, "dlq").await.unwrap(),
     }
 }
 
@@ -178,7 +167,7 @@ async fn submit_many(
 
 /// Sets the scenario's group to `n` instances and waits for their `n` Ready nodes.
 async fn ready_nodes(s: &Scenario, n: usize) -> Vec<k8s_openapi::api::core::v1::Node> {
-    zerospot_testbed::fixtures::set_desired_capacity(&s.aws, &s.group, i32::try_from(n).unwrap())
+    set_desired_capacity(&s.aws, &s.group, i32::try_from(n).unwrap())
         .await
         .unwrap();
     eventually(
@@ -670,10 +659,7 @@ fn spawn_dispatcher(s: &Scenario, config: &std::path::Path, extra: &[&str]) -> D
         .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
         .args(extra)
         .env("KUBECONFIG", &info.kubeconfig)
-        .env("AWS_ENDPOINT_URL", &info.moto_endpoint)
-        .env("AWS_REGION", &info.region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .envs(info.aws_env())
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -38,16 +38,9 @@ async fn two_real_models_converse_for_three_turns_through_the_queues_from_a_grou
     .await
     .unwrap();
     let s = Scenario::new(&["mistral", "llama2"], |o| o).await;
-    let sqs = aws_sdk_sqs::Client::new(&s.aws);
-    let replies = sqs
-        .create_queue()
-        .queue_name(unique_name("replies"))
-        .send()
+    let replies = zerospot_testbed::fixtures::create_queue(&s.aws, "replies")
         .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+        .unwrap();
     let base = s.config(60, 600).replace(
         &format!("namespace: {}, service:", s.namespace),
         &format!(
@@ -116,10 +109,7 @@ async fn two_real_models_converse_for_three_turns_through_the_queues_from_a_grou
                 r#"{"num_predict":24,"temperature":0}"#,
             ])
             .args(["--deadline-s", "240"])
-            .env("AWS_ENDPOINT_URL", &info.moto_endpoint)
-            .env("AWS_REGION", &info.region)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .envs(info.aws_env())
             .output()
             .unwrap()
     })

@@ -58,10 +58,7 @@ fn spawn_scaler(
             "text",
         ])
         .env("KUBECONFIG", &info.kubeconfig)
-        .env("AWS_ENDPOINT_URL", &info.moto_endpoint)
-        .env("AWS_REGION", &info.region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .envs(info.aws_env())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -92,15 +89,9 @@ async fn a_second_replica_takes_over_within_the_lease_duration_when_the_leader_i
     create_gpu_group(&aws, &group, "g5.xlarge", &spec, 2)
         .await
         .unwrap();
-    let queue = aws_sdk_sqs::Client::new(&aws)
-        .create_queue()
-        .queue_name(unique_name("req"))
-        .send()
+    let queue = zerospot_testbed::fixtures::create_queue(&aws, "req")
         .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+        .unwrap();
     let lease_duration = 4;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("zerospot.yaml");

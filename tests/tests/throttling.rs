@@ -72,15 +72,9 @@ async fn group_and_queue(aws: &SdkConfig, group: &str) -> String {
     create_gpu_group(aws, group, "g5.xlarge", &NodeGroupSpec::gpus(1), 2)
         .await
         .unwrap();
-    aws_sdk_sqs::Client::new(aws)
-        .create_queue()
-        .queue_name(unique_name("throttled"))
-        .send()
+    zerospot_testbed::fixtures::create_queue(aws, "throttled")
         .await
         .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test]

@@ -37,7 +37,8 @@ use zerospot_custody::dispatcher::{Dispatcher, State};
 use zerospot_custody::model::ModelClient;
 use zerospot_custody::queue::{Message, Queue, SdkQueue};
 use zerospot_effects::{AwsError, ScalerConfig};
-use zerospot_testbed::{StandIn, StandInOptions, TestBed, unique_name};
+use zerospot_testbed::fixtures::create_queue;
+use zerospot_testbed::{StandIn, StandInOptions, TestBed};
 
 /// [`SdkQueue`] noting when each received request was in the dispatcher's hands.
 struct Timed {
@@ -183,22 +184,47 @@ fn request(id: &str, reply_to: &str) -> Request {
     }
 }
 
-async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
-    sqs.create_queue()
-        .queue_name(unique_name(name))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned()
-}
-
 fn config(queue: &str, replies: &str, endpoint: &str, concurrency: u32) -> ScalerConfig {
     ScalerConfig::from_yaml(&format!(
         "pools: [{{name: gpu, asg_name: gpu}}]\nmodels:\n  - {{name: llama, pool: gpu, namespace: m, service: llama, queue_url: \"{queue}\", endpoint: \"{endpoint}\", target: route, concurrency: {concurrency}}}\ndispatcher: {{reply_queues: [\"{replies}\"], visibility_timeout_s: 120}}\n"
     ))
     .unwrap()
+}
+
+/// A dispatcher without a cluster, running on `queue` until dropped.
+struct Running {
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(config: ScalerConfig, queue: Arc<dyn Queue>) -> Running {
+        let state = Arc::new(State::default());
+        let dispatcher = Arc::new(Dispatcher {
+            config,
+            queue,
+            cluster: None,
+            model: ModelClient::new(),
+            caches: None,
+            state: state.clone(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(dispatcher.run(stopped));
+        Running { state, stop, task }
+    }
+
+    /// Waits until `n` requests were answered, looking every `every`.
+    async fn answered(&self, n: u64, every: Duration) {
+        while self.state.stats.answered.load(Ordering::Relaxed) < n {
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -253,7 +279,6 @@ async fn main() {
         .await
         .expect("the test bed (bash tests/bed/setup.sh)");
     let aws = bed.aws_config().await;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
     let q = SdkQueue::new(&aws);
 
     // 1. Overhead, warm model.
@@ -265,24 +290,17 @@ async fn main() {
     .await
     .unwrap();
     let (requests, replies) = (
-        queue(&sqs, "bench-req").await,
-        queue(&sqs, "bench-rep").await,
+        create_queue(&aws, "bench-req").await.unwrap(),
+        create_queue(&aws, "bench-rep").await.unwrap(),
     );
     let timed = Arc::new(Timed {
         inner: q.clone(),
         received: Mutex::new(HashMap::new()),
     });
-    let state = Arc::new(State::default());
-    let dispatcher = Arc::new(Dispatcher {
-        config: config(&requests, &replies, standin.endpoint(), 64),
-        queue: timed.clone(),
-        cluster: None,
-        model: ModelClient::new(),
-        caches: None,
-        state: state.clone(),
-    });
-    let (stop, stopped) = watch::channel(false);
-    let run = tokio::spawn(dispatcher.run(stopped));
+    let running = Running::start(
+        config(&requests, &replies, standin.endpoint(), 64),
+        timed.clone(),
+    );
     let n = 2000;
     let pace = Duration::from_millis(5);
     let started = Instant::now();
@@ -293,9 +311,9 @@ async fn main() {
         let next = started + pace * (i + 1);
         tokio::time::sleep_until(next.into()).await;
     }
-    while state.stats.answered.load(Ordering::Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    running
+        .answered(u64::from(n), Duration::from_millis(50))
+        .await;
     let received = timed.received.lock().unwrap().clone();
     let mut overhead: Vec<f64> = standin
         .requests_to("/api/chat")
@@ -319,8 +337,7 @@ async fn main() {
         quantile(&overhead, 0.99),
         overhead.last().copied().unwrap_or(0.0)
     );
-    let _ = stop.send(true);
-    let _ = run.await;
+    running.stop().await;
 
     // 2. Throughput. (a) The dispatcher's own ceiling: 20,000 requests queued in an in-memory queue
     // with SQS's semantics (moto's receive scans every message, so a deep backlog in moto measures
@@ -337,52 +354,33 @@ async fn main() {
             .await
             .unwrap();
     }
-    let state = Arc::new(State::default());
-    let dispatcher = Arc::new(Dispatcher {
-        config: config(MEM_REQUESTS, MEM_REPLIES, standin.endpoint(), 64),
-        queue: memory.clone(),
-        cluster: None,
-        model: ModelClient::new(),
-        caches: None,
-        state: state.clone(),
-    });
-    let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let run = tokio::spawn(dispatcher.run(stopped));
-    while state.stats.answered.load(Ordering::Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let running = Running::start(
+        config(MEM_REQUESTS, MEM_REPLIES, standin.endpoint(), 64),
+        memory.clone(),
+    );
+    running.answered(n as u64, Duration::from_millis(20)).await;
     let elapsed = started.elapsed();
     println!(
         "throughput, {n} queued requests, one dispatcher, 64 slots, stand-in model, in-memory queue: {:.0} requests/s ({:.1} s; target >= 500/s)",
         n as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
-    let _ = stop.send(true);
-    let _ = run.await;
+    running.stop().await;
 
     let (requests, replies) = (
-        queue(&sqs, "bench-req").await,
-        queue(&sqs, "bench-rep").await,
+        create_queue(&aws, "bench-req").await.unwrap(),
+        create_queue(&aws, "bench-rep").await.unwrap(),
     );
     let n = 1000;
-    let state = Arc::new(State::default());
-    let dispatcher = Arc::new(Dispatcher {
-        config: config(&requests, &replies, standin.endpoint(), 64),
-        queue: Arc::new(q.clone()),
-        cluster: None,
-        model: ModelClient::new(),
-        caches: None,
-        state: state.clone(),
-    });
-    let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let run = tokio::spawn(dispatcher.run(stopped));
+    let running = Running::start(
+        config(&requests, &replies, standin.endpoint(), 64),
+        Arc::new(q.clone()),
+    );
     submit_all(&q, &requests, &replies, "e", n).await;
     let submitted = started.elapsed();
-    while state.stats.answered.load(Ordering::Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    running.answered(n as u64, Duration::from_millis(20)).await;
     let elapsed = started.elapsed();
     println!(
         "throughput end to end with moto, {n} requests from 32 clients: {:.0} requests/s answered ({:.1} s; the clients' sending took {:.1} s: moto-bound)",
@@ -390,8 +388,7 @@ async fn main() {
         elapsed.as_secs_f64(),
         submitted.as_secs_f64()
     );
-    let _ = stop.send(true);
-    let _ = run.await;
+    running.stop().await;
 
     // 3. Memory per request in flight, in a dispatcher process of its own.
     let binary = std::env::args()
@@ -429,8 +426,8 @@ async fn main() {
     .await
     .unwrap();
     let (requests, replies) = (
-        queue(&sqs, "bench-req").await,
-        queue(&sqs, "bench-rep").await,
+        create_queue(&aws, "bench-req").await.unwrap(),
+        create_queue(&aws, "bench-rep").await.unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zerospot.yaml");
@@ -455,10 +452,7 @@ async fn main() {
         .arg(&file)
         .arg("--listen")
         .arg(listen.to_string())
-        .env("AWS_ENDPOINT_URL", &info.moto_endpoint)
-        .env("AWS_REGION", &info.region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .envs(info.aws_env())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

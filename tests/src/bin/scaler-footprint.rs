@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use zerospot_testbed::fixtures::{
-    create_gpu_group, gpu_pod, group_nodes, is_ready, set_desired_capacity,
+    create_gpu_group, create_queue, gpu_pod, group_nodes, is_ready, set_desired_capacity,
 };
 use zerospot_testbed::{
     Bridge, BridgeOptions, GpuSharing, NodeGroupSpec, TestBed, eventually, unique_name,
@@ -113,17 +113,9 @@ async fn main() -> anyhow::Result<()> {
         }
     })
     .await?;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
     let mut models = String::new();
     for m in 0..MODELS {
-        let url = sqs
-            .create_queue()
-            .queue_name(unique_name(&format!("m{m}")))
-            .send()
-            .await?
-            .queue_url()
-            .unwrap_or_default()
-            .to_owned();
+        let url = create_queue(&aws, &format!("m{m}")).await?;
         models.push_str(&format!(
             "  - {{name: m{m}, pool: {group}, namespace: {namespace}, service: m{m}, queue_url: \"{url}\"}}\n"
         ));
@@ -150,10 +142,7 @@ async fn main() -> anyhow::Result<()> {
             "footprint",
         ])
         .env("KUBECONFIG", &info.kubeconfig)
-        .env("AWS_ENDPOINT_URL", &info.moto_endpoint)
-        .env("AWS_REGION", &info.region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .envs(info.aws_env())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -189,18 +189,11 @@ impl Scenario {
             .unwrap();
         node_template_tags(&aws, &group, &spec).await;
         let namespace = bed.namespace(&kube, "models").await.unwrap();
-        let sqs = aws_sdk_sqs::Client::new(&aws);
         let mut queues = Vec::new();
         for model in models {
-            let url = sqs
-                .create_queue()
-                .queue_name(unique_name(&format!("req-{model}")))
-                .send()
+            let url = zerospot_testbed::fixtures::create_queue(&aws, &format!("req-{model}"))
                 .await
-                .unwrap()
-                .queue_url()
-                .unwrap()
-                .to_owned();
+                .unwrap();
             queues.push(((*model).to_owned(), url));
         }
         let options =
