@@ -19,7 +19,7 @@
 //!   route into free node slots. A node can be over-counted, never under-counted, so the scaler never
 //!   removes a node that may be serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use zerospot_effects::config::{ModelConfig, PoolConfig, names};
@@ -257,42 +257,47 @@ pub fn free_node_lanes(
     let fallback = home
         .and_then(|p| p.fallback.as_deref())
         .and_then(|f| pools.iter().find(|p| p.name == f));
-    let mut free: u64 = 0;
-    for node in nodes.iter().filter(|n| {
-        node_unusable(n).is_none()
-            && [home, fallback]
-                .into_iter()
-                .flatten()
-                .any(|p| in_pool(n, p))
-    }) {
-        let allocatable = node
-            .status
-            .as_ref()
-            .and_then(|s| s.allocatable.as_ref())
-            .and_then(|a| a.get(&resource))
-            .map_or(0, |q| q.0.trim().parse::<u64>().unwrap_or(0));
-        if allocatable == 0 {
-            continue;
-        }
-        let name = node.metadata.name.as_deref();
-        let used: u64 = pods
-            .iter()
-            .filter(|p| holds_resources(p))
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == name)
-            .map(|p| pod_asks(p, &resource))
-            .sum();
-        free += allocatable.saturating_sub(used);
-    }
-    let pending: u64 = pods
-        .iter()
-        .filter(|p| holds_resources(p))
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
-        .filter(|p| {
-            models
+    // One pass over the pods: what those placed ask for per node, and what pending pods of the pool's
+    // models will take.
+    let mut used: HashMap<&str, u64> = HashMap::new();
+    let mut pending: u64 = 0;
+    for p in pods.iter().filter(|p| holds_resources(p)) {
+        match p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            Some(node) => *used.entry(node).or_default() += pod_asks(p, &resource),
+            None if models
                 .iter()
-                .any(|m| m.pool == model.pool && is_model_pod(p, m))
+                .any(|m| m.pool == model.pool && is_model_pod(p, m)) =>
+            {
+                pending += pod_asks(p, &resource);
+            }
+            None => {}
+        }
+    }
+    let free: u64 = nodes
+        .iter()
+        .filter(|n| {
+            node_unusable(n).is_none()
+                && [home, fallback]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| in_pool(n, p))
         })
-        .map(|p| pod_asks(p, &resource))
+        .map(|node| {
+            let allocatable = node
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(&resource))
+                .map_or(0, |q| q.0.trim().parse::<u64>().unwrap_or(0));
+            let held = node
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| used.get(n))
+                .copied()
+                .unwrap_or(0);
+            allocatable.saturating_sub(held)
+        })
         .sum();
     let whole_pods = free.saturating_sub(pending) / u64::from(model.slots_per_pod.max(1));
     u32::try_from(whole_pods.saturating_mul(u64::from(model.concurrency))).unwrap_or(u32::MAX)
