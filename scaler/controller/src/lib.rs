@@ -402,13 +402,8 @@ async fn poll_published_demand(
                 inputs.set_published_demand(found.and_then(|cm| cm.data?.remove(names::DEMAND_KEY)))
             }
             Err(e) => {
-                let kind = match &e {
-                    kube::Error::Api(s) if s.code == 401 || s.code == 403 => "forbidden",
-                    kube::Error::Api(s) if s.code == 429 => "too_many_requests",
-                    kube::Error::Api(s) if s.code < 500 => "other",
-                    _ => "unavailable",
-                };
-                metrics.api_error("kubernetes", "get configmap", kind);
+                let e = zerospot_effects::KubeError::from_kube("get configmap", e);
+                metrics.api_error("kubernetes", e.call, e.kind.as_str());
                 tracing::warn!(namespace, error = %e, "reading the published demand estimates failed");
             }
         }

@@ -74,7 +74,8 @@ impl KubeError {
         }
     }
 
-    fn from_kube(call: &'static str, e: kube::Error) -> Self {
+    /// Classifies a `kube` error from `call`.
+    pub fn from_kube(call: &'static str, e: kube::Error) -> Self {
         let kind = match &e {
             kube::Error::Api(status) => match status.code {
                 404 => KubeErrorKind::NotFound,
