@@ -27,6 +27,11 @@ pub struct ModelDemand {
     /// when known. With `service_time_s`, it sizes pods for the work rather than for every queued request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrival_rate_per_s: Option<f64>,
+    /// The highest recent arrival rate over the last ten minutes ([`crate::estimate::PEAK_WINDOW_S`]),
+    /// requests per second, when known. It only lets consolidation leave a single spare node once the
+    /// load has stayed low that long; it never keeps or launches a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rate_per_s: Option<f64>,
     /// Seconds since the last request arrived, when any did (see [`crate::estimate`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silent_for_s: Option<f64>,
@@ -131,6 +136,20 @@ impl ModelDemand {
         let by_knative = u64::from(self.desired_scale.unwrap_or(0));
         let by_pods = u64::from(self.actual_scale.unwrap_or(0)) + u64::from(self.pending_pods);
         by_work.max(by_knative).max(by_pods)
+    }
+
+    /// This demand at its busiest over the last several minutes: the rate raised to the peak rate
+    /// when that is higher. `None` unless both rates are known (finite, not negative): without a peak
+    /// there is no evidence that the load has stayed low.
+    pub fn at_peak(&self) -> Option<ModelDemand> {
+        let rate = self.rate()?;
+        let peak = self
+            .peak_rate_per_s
+            .filter(|p| p.is_finite() && *p >= 0.0)?;
+        Some(ModelDemand {
+            arrival_rate_per_s: Some(rate.max(peak)),
+            ..self.clone()
+        })
     }
 
     fn rate(&self) -> Option<f64> {
@@ -409,6 +428,35 @@ mod tests {
         assert_eq!(bad_silence.return_risk(255.0), None);
         let no_gaps = ModelDemand { gaps: None, ..m };
         assert_eq!(no_gaps.return_risk(255.0), None);
+    }
+
+    #[test]
+    fn the_work_at_its_peak_needs_both_rates() {
+        let base = with_rate(d(0, 1), 0.5, 2.0);
+        assert_eq!(base.at_peak(), None, "no peak known");
+        let peak = |p: f64| ModelDemand {
+            peak_rate_per_s: Some(p),
+            ..base.clone()
+        };
+        let raised = peak(3.0).at_peak().unwrap();
+        assert_eq!(raised.arrival_rate_per_s, Some(3.0));
+        assert_eq!(raised.service_time_s, Some(2.0));
+        assert_eq!(raised.in_flight, 1);
+        assert_eq!(
+            peak(0.1).at_peak().unwrap().arrival_rate_per_s,
+            Some(0.5),
+            "a peak below the rate is the rate"
+        );
+        for bad in [f64::NAN, -0.5, f64::INFINITY] {
+            assert_eq!(peak(bad).at_peak(), None, "{bad}");
+        }
+        let no_rate = ModelDemand {
+            arrival_rate_per_s: None,
+            ..peak(3.0)
+        };
+        assert_eq!(no_rate.at_peak(), None);
+        // 3 requests/s at 2 s: 6 + 1.5 sqrt(6) = 9.7, so 10 lanes.
+        assert_eq!(raised.lanes_needed(1, &SIZING), 10);
     }
 
     #[test]

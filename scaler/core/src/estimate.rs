@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 /// Window of the recent arrival rate, seconds: Knative's stable window (60 s), so headroom follows a
 /// rise as fast as Knative's own pods do.
 pub const RECENT_WINDOW_S: f64 = 60.0;
+/// How far back the peak of the recent rate reaches, seconds: consolidation leaves a single spare node
+/// only when the load sized on the peak still leaves it spare, so only after the load has stayed low
+/// this long (the Cluster Autoscaler's `scale-down-unneeded-time` is 10 minutes too).
+pub const PEAK_WINDOW_S: f64 = 600.0;
+/// Resolution of the peak, seconds: one maximum is kept per this long.
+pub const PEAK_BUCKET_S: f64 = 60.0;
 /// Buckets of the gap histogram: `[0, 1)` s, then `[2^(k-1), 2^k)` s for `k` = 1..=17, then 2^17 s
 /// (36 hours) and more.
 pub const GAP_BUCKETS: usize = 19;
@@ -100,6 +106,45 @@ impl DecayingRate {
         let observed = self.window_s * (1.0 - (-age / self.window_s).exp());
         let rate = self.decayed(t) / (observed + self.prior_s);
         if rate.is_finite() { rate } else { 0.0 }
+    }
+}
+
+/// The highest value of a rate over the last [`PEAK_WINDOW_S`], kept as one maximum per
+/// [`PEAK_BUCKET_S`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeakRate {
+    /// `(bucket start, highest rate seen in it)`, oldest first.
+    buckets: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl PeakRate {
+    /// The rate was `rate` at `t`. Values for a time before the newest bucket count in the newest.
+    pub fn record(&mut self, t: f64, rate: f64) {
+        if !(t.is_finite() && rate.is_finite()) {
+            return;
+        }
+        let start = (t / PEAK_BUCKET_S).floor() * PEAK_BUCKET_S;
+        match self.buckets.back_mut() {
+            Some((b, m)) if start <= *b => *m = m.max(rate),
+            _ => self.buckets.push_back((start, rate)),
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(b, _)| *b + PEAK_BUCKET_S <= t - PEAK_WINDOW_S)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The highest rate recorded in the buckets that overlap the last [`PEAK_WINDOW_S`] before `t`; 0
+    /// when none does.
+    pub fn max(&self, t: f64) -> f64 {
+        self.buckets
+            .iter()
+            .filter(|(b, _)| *b + PEAK_BUCKET_S > t - PEAK_WINDOW_S)
+            .map(|(_, m)| *m)
+            .fold(0.0, f64::max)
     }
 }
 
@@ -245,6 +290,7 @@ impl GapHistogram {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DemandEstimate {
     recent: DecayingRate,
+    peak: PeakRate,
     service: DecayingMean,
     gaps: GapHistogram,
     last: Option<f64>,
@@ -256,6 +302,7 @@ impl DemandEstimate {
     pub fn new(prior_service_s: f64) -> Self {
         DemandEstimate {
             recent: DecayingRate::new(RECENT_WINDOW_S, RATE_PRIOR_S),
+            peak: PeakRate::default(),
             service: DecayingMean::new(SERVICE_MEMORY_S, prior_service_s),
             gaps: GapHistogram::default(),
             last: None,
@@ -270,6 +317,8 @@ impl DemandEstimate {
             return;
         }
         self.recent.record(t);
+        let latest = self.last.map_or(t, |l| l.max(t));
+        self.peak.record(latest, self.recent.per_s(latest));
         match self.last {
             Some(last) if t < last => {}
             Some(last) => {
@@ -314,6 +363,7 @@ impl DemandEstimate {
     /// Copies the estimates at `t` into `demand`.
     pub fn fill(&self, t: f64, demand: &mut ModelDemand) {
         demand.arrival_rate_per_s = Some(self.recent_per_s(t));
+        demand.peak_rate_per_s = Some(self.peak.max(t).max(self.recent_per_s(t)));
         demand.service_time_s = Some(self.service_s(t));
         demand.silent_for_s = self.silent_for_s(t);
         demand.gaps = Some(self.gaps.clone());
@@ -468,6 +518,69 @@ mod tests {
         ));
         assert!(close(e.gaps().longer_than(4.0), 1.0));
         assert!(close(e.gaps().longer_than(8.0), 0.0));
+    }
+
+    #[test]
+    fn the_peak_is_the_highest_rate_of_the_last_ten_minutes() {
+        let mut p = PeakRate::default();
+        assert_eq!(p.max(0.0), 0.0, "nothing recorded");
+        p.record(10.0, 1.0);
+        p.record(70.0, 3.0);
+        p.record(200.0, 2.0);
+        assert_eq!(p.max(250.0), 3.0);
+        // The minute [60, 120) leaves the window once it ended ten minutes ago.
+        assert_eq!(p.max(719.0), 3.0);
+        assert_eq!(p.max(720.0), 2.0);
+        assert_eq!(p.max(839.0), 2.0);
+        assert_eq!(p.max(840.0), 0.0);
+        // A value for an earlier time counts in the newest minute; nonsense is ignored.
+        p.record(100.0, 5.0);
+        assert_eq!(p.max(839.0), 5.0);
+        p.record(f64::NAN, 9.0);
+        p.record(300.0, f64::INFINITY);
+        assert_eq!(p.max(839.0), 5.0);
+        // One maximum per minute of the window, however many values.
+        for i in 0..100_000 {
+            p.record(1000.0 + f64::from(i) * 0.5, 1.0);
+        }
+        assert!(
+            p.buckets.len() <= (PEAK_WINDOW_S / PEAK_BUCKET_S) as usize + 1,
+            "{}",
+            p.buckets.len()
+        );
+        assert_eq!(p.max(1000.0 + 50_000.0), 1.0);
+    }
+
+    #[test]
+    fn the_estimate_keeps_a_bursts_rate_as_its_peak_for_ten_minutes() {
+        let mut e = DemandEstimate::new(5.0);
+        // Two a second for a minute.
+        for i in 0..120 {
+            e.arrived(f64::from(i) * 0.5);
+        }
+        let mut d = ModelDemand::default();
+        e.fill(60.0, &mut d);
+        let burst = d.peak_rate_per_s.unwrap();
+        assert!(burst > 1.0, "{burst}");
+        assert!(burst >= d.arrival_rate_per_s.unwrap());
+        e.fill(300.0, &mut d);
+        assert!(d.arrival_rate_per_s.unwrap() < 0.1, "{d:?}");
+        assert_eq!(d.peak_rate_per_s, Some(burst));
+        // Ten minutes after the burst's minute it is forgotten: the recent rate is all there is.
+        e.fill(700.0, &mut d);
+        assert_eq!(d.peak_rate_per_s, d.arrival_rate_per_s);
+        // A late arrival raises the peak as of the latest one, not before it.
+        let mut late = DemandEstimate::new(5.0);
+        late.arrived(1000.0);
+        late.arrived(400.0);
+        let mut l = ModelDemand::default();
+        late.fill(1000.0, &mut l);
+        assert!(l.peak_rate_per_s.unwrap() >= l.arrival_rate_per_s.unwrap());
+        late.fill(1700.0, &mut l);
+        assert!(close(
+            l.peak_rate_per_s.unwrap(),
+            l.arrival_rate_per_s.unwrap()
+        ));
     }
 
     #[test]

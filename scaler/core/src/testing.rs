@@ -214,6 +214,11 @@ impl Snapshot {
         d.service_time_s = Some(service_s);
         self
     }
+    /// Sets `model`'s peak arrival rate of the last minutes (requests/s).
+    pub fn peak(mut self, model: &str, per_s: f64) -> Self {
+        self.demand_mut(model).peak_rate_per_s = Some(per_s);
+        self
+    }
     /// Sets `model`'s silence since its last arrival (s) and the gaps between arrivals seen, `(gap s,
     /// how many)`.
     pub fn gaps(mut self, model: &str, silent_s: f64, gaps: &[(f64, u32)]) -> Self {

@@ -458,6 +458,72 @@ fn does_not_consolidate_while_nodes_come_go_or_settle() {
 }
 
 #[test]
+fn a_small_pool_consolidates_down_to_one_spare_node_once_the_peak_allows() {
+    let c = roomy_config();
+    let cordons = |d: &Decision| {
+        kinds(d)
+            .into_iter()
+            .filter(|k| k.starts_with("cordon"))
+            .collect::<Vec<_>>()
+    };
+    // Three nodes of 2 slots, 3 requests in flight: 3 lanes, 2 nodes kept; one spare.
+    let base = || {
+        busy_pool(&[1, 1, 1])
+            .rate("llama", 0.5, 1.0)
+            .in_flight("llama", 3)
+    };
+    assert!(
+        cordons(&decide(&base(), &c, at(1000))).is_empty(),
+        "no peak estimate: two spare nodes needed"
+    );
+    // At a peak no higher than the rate, 2 nodes hold the work: the newest of the least loaded goes.
+    let d = decide(&base().peak("llama", 0.5), &c, at(1000));
+    assert_eq!(cordons(&d), vec!["cordon i-2"]);
+    assert!(
+        matches!(&d.actions[1], zerospot_core::Action::Cordon { reason, .. } if reason.contains("consolidating")),
+        "{:?}",
+        d.actions
+    );
+    // A peak of 3 requests/s needs 3 + 1.5 sqrt(3) = 5.6, so 6 lanes: all three nodes stay.
+    assert!(cordons(&decide(&base().peak("llama", 3.0), &c, at(1000))).is_empty());
+    // A peak below the rate counts as the rate.
+    assert_eq!(
+        cordons(&decide(&base().peak("llama", 0.1), &c, at(1000))),
+        vec!["cordon i-2"]
+    );
+    // Unusable peaks, or another model of the pool without one, are no evidence.
+    for bad in [f64::NAN, -1.0, f64::INFINITY] {
+        assert!(
+            cordons(&decide(&base().peak("llama", bad), &c, at(1000))).is_empty(),
+            "{bad}"
+        );
+    }
+    let other = base().peak("llama", 0.5).rate("qwen", 0.01, 1.0);
+    assert!(cordons(&decide(&other, &c, at(1000))).is_empty());
+    assert_eq!(
+        cordons(&decide(&other.peak("qwen", 0.01), &c, at(1000))),
+        vec!["cordon i-2"]
+    );
+    // Up to SMALL_POOL_NODES kept at the peak, one spare is enough; beyond that, two are needed.
+    let small = zerospot_core::policy::SMALL_POOL_NODES as usize;
+    let pool = |kept: usize, ready: usize| {
+        busy_pool(&vec![1; ready])
+            .rate("llama", 0.5, 1.0)
+            .peak("llama", 0.5)
+            .in_flight("llama", 2 * kept as u64)
+    };
+    assert_eq!(
+        cordons(&decide(&pool(small, small + 1), &c, at(1000))).len(),
+        1
+    );
+    assert!(cordons(&decide(&pool(small + 1, small + 2), &c, at(1000))).is_empty());
+    assert_eq!(
+        cordons(&decide(&pool(small + 1, small + 3), &c, at(1000))).len(),
+        1
+    );
+}
+
+#[test]
 fn headroom_keeps_an_idle_node_while_requests_keep_coming() {
     let c = mps_config();
     let s = snapshot()

@@ -402,6 +402,13 @@ fn published_estimates(
             }
             ok
         });
+        let peak_rate_per_s = m.peak_rate_per_s.filter(|v| {
+            let ok = v.is_finite() && *v >= 0.0;
+            if !ok {
+                bad("peak_rate_per_s", *v);
+            }
+            ok
+        });
         let service_time_s = m.service_time_s.filter(|v| {
             let ok = v.is_finite() && *v > 0.0;
             if !ok {
@@ -424,6 +431,7 @@ fn published_estimates(
             ModelDemand {
                 model: m.model,
                 arrival_rate_per_s,
+                peak_rate_per_s,
                 service_time_s,
                 silent_for_s,
                 gaps: m.gaps,
@@ -665,6 +673,7 @@ pub fn observe(
                 actual_scale: sum(|a| a.actual_scale),
                 pending_pods: u32::try_from(pending).unwrap_or(u32::MAX),
                 arrival_rate_per_s: estimate.arrival_rate_per_s,
+                peak_rate_per_s: estimate.peak_rate_per_s,
                 service_time_s: estimate.service_time_s,
                 silent_for_s: estimate.silent_for_s,
                 gaps: estimate.gaps,

@@ -789,6 +789,11 @@ fn a_fresh_published_record_fills_the_estimates_with_the_silence_advanced_by_its
     let published = &record.models[0];
     assert!(published.arrival_rate_per_s.unwrap() > 0.0);
     assert_eq!(llama.arrival_rate_per_s, published.arrival_rate_per_s);
+    assert_eq!(llama.peak_rate_per_s, published.peak_rate_per_s);
+    assert!(
+        published.peak_rate_per_s > published.arrival_rate_per_s,
+        "{published:?}"
+    );
     assert_eq!(llama.service_time_s, published.service_time_s);
     assert!(
         (llama.service_time_s.unwrap() - 7.0).abs() < 0.1,
@@ -807,6 +812,7 @@ fn a_fresh_published_record_fills_the_estimates_with_the_silence_advanced_by_its
     // A model the record does not name keeps the fallback.
     let mistral = demand_of(&obs, "mistral");
     assert_eq!(mistral.arrival_rate_per_s, None);
+    assert_eq!(mistral.peak_rate_per_s, None);
     assert_eq!(mistral.service_time_s, None);
     assert_eq!(mistral.silent_for_s, None);
     assert_eq!(mistral.gaps, None);
@@ -823,6 +829,7 @@ fn a_stale_missing_or_unreadable_record_leaves_the_fallback_and_says_why() {
     let unset = |obs: &zerospot_effects::Observation| {
         obs.snapshot.demand.iter().all(|d| {
             d.arrival_rate_per_s.is_none()
+                && d.peak_rate_per_s.is_none()
                 && d.service_time_s.is_none()
                 && d.silent_for_s.is_none()
                 && d.gaps.is_none()
@@ -859,9 +866,10 @@ fn a_stale_missing_or_unreadable_record_leaves_the_fallback_and_says_why() {
 fn bad_figures_in_a_record_are_each_left_unset_with_a_note_and_the_rest_is_used() {
     let text = r#"{"observed_at": "2026-11-24T00:00:00Z", "models": [
         {"model": "llama", "arrival_rate_per_s": -1.0, "service_time_s": 0.0, "silent_for_s": -3.0,
+         "peak_rate_per_s": -0.5,
          "gaps": {"counts": [2.0, -5.0, 1e308]}},
         {"model": "llama", "arrival_rate_per_s": 9.0},
-        {"model": "mistral", "arrival_rate_per_s": 0.25, "service_time_s": -2.0},
+        {"model": "mistral", "arrival_rate_per_s": 0.25, "service_time_s": -2.0, "peak_rate_per_s": 0.5},
         {"model": "nobody", "arrival_rate_per_s": 3.0}
     ]}"#;
     let obs = with_published(Published::Text(text), t(10));
@@ -872,6 +880,7 @@ fn bad_figures_in_a_record_are_each_left_unset_with_a_note_and_the_rest_is_used(
     );
     assert_eq!(llama.service_time_s, None);
     assert_eq!(llama.silent_for_s, None);
+    assert_eq!(llama.peak_rate_per_s, None);
     // A histogram is read safely whatever its counts (negative ones count as none).
     let gaps = llama.gaps.as_ref().unwrap();
     assert!(gaps.total().is_finite());
@@ -882,8 +891,10 @@ fn bad_figures_in_a_record_are_each_left_unset_with_a_note_and_the_rest_is_used(
     let mistral = demand_of(&obs, "mistral");
     assert_eq!(mistral.arrival_rate_per_s, Some(0.25));
     assert_eq!(mistral.service_time_s, None);
+    assert_eq!(mistral.peak_rate_per_s, Some(0.5));
     for field in [
         "arrival_rate_per_s",
+        "peak_rate_per_s",
         "service_time_s",
         "silent_for_s",
         "twice",

@@ -659,6 +659,7 @@ impl<'w> Cluster<'w> {
             self.estimates[m].fill(self.now, d);
         } else {
             d.arrival_rate_per_s = None;
+            d.peak_rate_per_s = None;
             d.silent_for_s = None;
             d.gaps = None;
             d.service_time_s = None;
