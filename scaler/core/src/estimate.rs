@@ -533,6 +533,10 @@ mod tests {
         assert_eq!(p.max(720.0), 2.0);
         assert_eq!(p.max(839.0), 2.0);
         assert_eq!(p.max(840.0), 0.0);
+        // Recording prunes only the minutes that have left the window.
+        let mut edge = p.clone();
+        edge.record(700.0, 0.5);
+        assert_eq!(edge.max(700.0), 3.0, "[60, 120) still overlaps [100, 700]");
         // A value for an earlier time counts in the newest minute; nonsense is ignored.
         p.record(100.0, 5.0);
         assert_eq!(p.max(839.0), 5.0);

@@ -577,6 +577,17 @@ fn the_last_node_stays_while_a_request_is_likely_within_a_cold_start() {
     assert!(d.actions.is_empty(), "{:?}", kinds(&d));
     // The idle window still applies first.
     assert!(terminated(&decide(&over, &c, at(window - 1))).is_empty());
+    // Gaps of about 700 s, silent for the idle window: none ends within one cold start (255 s), about
+    // half within the horizon of two (510 s).
+    let later = idle().gaps("llama", window as f64, &[(700.0, 30)]);
+    assert_eq!(c.timing.relaunch_horizon_s, 510);
+    assert!(terminated(&decide(&later, &c, at(window))).is_empty());
+    let mut one_cold_start = c.clone();
+    one_cold_start.timing.relaunch_horizon_s = 255;
+    assert_eq!(
+        terminated(&decide(&later, &one_cold_start, at(window))),
+        vec!["i-1"]
+    );
 }
 
 #[test]
@@ -596,7 +607,9 @@ fn the_return_risks_of_a_pools_models_add_up() {
         .desired("gpu", 1)
         .node(ready("i-1", "gpu").idle_since(at(0)).protected())
         .gaps("llama", 300.0, &gaps);
-    let risk = one.demand[0].return_risk(255.0).unwrap();
+    let risk = one.demand[0]
+        .return_risk(c.timing.relaunch_horizon_s as f64)
+        .unwrap();
     assert!(risk > 0.0 && risk < 0.5, "{risk}");
     c.timing.relaunch_risk = (risk + 1e-6).min(1.0);
     let window = c.timing.idle_window_s as i64;

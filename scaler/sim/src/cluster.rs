@@ -609,7 +609,9 @@ impl<'w> Cluster<'w> {
         self.add_cost_rate(-price);
         // The 60-second minimum, if it applies, lands in the series now.
         self.cost_so_far += (billed - ran) * price;
-        if by_policy {
+        // A node under a Spot notice was going anyway: removing it early is the interruption's doing,
+        // not a scale-in (no removal, no flap), as for the nodes other policies let die.
+        if by_policy && !self.nodes[id as usize].noticed {
             self.c.scale_downs += 1;
             let pool = self.nodes[id as usize].pool as usize;
             if let Some(removals) = self.c.removals.get_mut(pool) {

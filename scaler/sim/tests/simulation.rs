@@ -414,6 +414,21 @@ fn a_removal_followed_by_a_launch_within_a_cold_start_is_a_flap() {
 }
 
 #[test]
+fn removing_a_node_under_a_spot_notice_is_an_interruption_not_a_removal() {
+    // Nodes interrupted about a minute after launch, over and over: zerospot removes each idle node
+    // under notice before it dies and has its replacement launched. Those are the cloud's doing, not
+    // scale-in decisions, so they are no removals and no flaps (like the nodes other policies let die).
+    let w = trace(&[(0.0, 0, 9), (1.0, 0, 9), (400.0, 0, 9), (800.0, 0, 9)]);
+    let mut s = calm(w, &[PolicyKind::Zerospot]);
+    s.cluster.cloud.interruption_rate_per_hour = 60.0;
+    let report = run(&s);
+    let z = report.policy("zerospot").expect("zerospot");
+    assert!(z.interruptions >= 3, "{}", z.interruptions);
+    assert!(z.scale_ups > z.interruptions / 2, "{}", z.scale_ups);
+    assert_eq!((z.scale_downs, z.flap_rate), (0, 0.0));
+}
+
+#[test]
 fn fixed_best_is_the_smallest_fixed_cluster_that_meets_the_dense_targets() {
     let shaping = Shaping {
         sample: 0.3,
