@@ -855,6 +855,32 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
     );
     let _scaler = start_scaler(s.bed, &s.aws, &s.config(60, 600)).await;
     let _dispatcher = start_dispatcher(&s, &config).await;
+    // Before any request, a record that names no model: the scaler knows the dispatcher is there.
+    let configmaps = Api::<ConfigMap>::namespaced(s.kube.clone(), &s.namespace);
+    eventually(
+        "an empty record as soon as the dispatcher runs",
+        Duration::from_secs(10),
+        || async {
+            let cm = configmaps
+                .get_opt(names::CONFIGMAP_DEMAND)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no ConfigMap yet")?;
+            let text = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(names::DEMAND_KEY))
+                .cloned()
+                .ok_or("no demand.json")?;
+            let record = PublishedDemand::parse(&text).map_err(|e| e.to_string())?;
+            if record.models.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("names {:?}", record.models))
+            }
+        },
+    )
+    .await;
     warm(&s, "llama").await;
     let sqs = SdkQueue::new(&s.aws);
     let n = 5;
@@ -873,7 +899,6 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
 
     // Published every 10 s: wait for a record that has seen the completions (the service time leaves
     // its 5 s prior; the stand-in answers in well under a second).
-    let configmaps = Api::<ConfigMap>::namespaced(s.kube.clone(), &s.namespace);
     let (cm, text, record) = eventually(
         "the ConfigMap zerospot-demand with every arrival and some completions",
         Duration::from_secs(25),

@@ -80,16 +80,14 @@ impl Estimates {
         self.with(model, |e| e.completed(unix_s(at), took_s));
     }
 
-    /// The record to publish at `now`: every model seen so far, only its estimate fields filled; `None`
-    /// before any model was seen (nothing to say: the scaler keeps its fallback).
-    pub fn record(&self, now: DateTime<Utc>) -> Option<PublishedDemand> {
+    /// The record to publish at `now`: every model seen so far, only its estimate fields filled. Before
+    /// any model was seen it names none: the scaler keeps its fallback for every model, and knows the
+    /// dispatcher is there (no "no published demand estimates" note on every decision).
+    pub fn record(&self, now: DateTime<Utc>) -> PublishedDemand {
         let m = self
             .models
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if m.is_empty() {
-            return None;
-        }
         let t = unix_s(now);
         let models = m
             .iter()
@@ -102,10 +100,10 @@ impl Estimates {
                 d
             })
             .collect();
-        Some(PublishedDemand {
+        PublishedDemand {
             observed_at: now,
             models,
-        })
+        }
     }
 }
 
@@ -152,8 +150,8 @@ pub async fn publish_once(
     Ok(())
 }
 
-/// Publishes `estimates` every [`PUBLISH_INTERVAL`] (the first as soon as a model was seen) until
-/// `shutdown` turns true. Failures are logged and retried on the next tick.
+/// Publishes `estimates` every [`PUBLISH_INTERVAL`] (the first at once, naming no model until one was
+/// seen) until `shutdown` turns true. Failures are logged and retried on the next tick.
 pub async fn publish(
     client: kube::Client,
     namespace: String,
@@ -164,7 +162,8 @@ pub async fn publish(
     let mut last: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {
         let due = last.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL);
-        if due && let Some(record) = state.estimates.record(Utc::now()) {
+        if due {
+            let record = state.estimates.record(Utc::now());
             last = Some(std::time::Instant::now());
             match publish_once(&api, &namespace, &record).await {
                 Ok(()) => tracing::debug!(
@@ -197,10 +196,9 @@ mod tests {
     #[test]
     fn arrivals_count_once_per_message_and_completions_move_the_service_time() {
         let e = Estimates::default();
-        assert!(
-            e.record(at(0)).is_none(),
-            "nothing seen: nothing to publish"
-        );
+        let empty = e.record(at(0));
+        assert_eq!(empty.observed_at, at(0));
+        assert!(empty.models.is_empty(), "nothing seen: no model named");
         for i in 0..10 {
             assert!(e.arrived("llama", at(i), 1));
         }
@@ -210,7 +208,7 @@ mod tests {
         }
         assert!(e.arrived("llama", at(10), 0), "no count from SQS: first");
         e.completed("llama", at(11), 1.0);
-        let record = e.record(at(11)).unwrap();
+        let record = e.record(at(11));
         assert_eq!(record.observed_at, at(11));
         assert_eq!(record.models.len(), 1);
         let d = &record.models[0];

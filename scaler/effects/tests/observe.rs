@@ -856,6 +856,12 @@ fn a_stale_missing_or_unreadable_record_leaves_the_fallback_and_says_why() {
             obs.notes
         );
     }
+    // A fresh record that names no model (a dispatcher that has seen nothing yet): the fallback, and
+    // nothing to note.
+    let empty = r#"{"observed_at": "2026-11-24T00:00:00Z", "models": []}"#;
+    let obs = with_published(Published::Text(empty), t(5));
+    assert!(unset(&obs));
+    assert!(obs.notes.is_empty(), "{:?}", obs.notes);
     // The Lambda functions read no record: no estimates and nothing to note.
     let obs = with_published(Published::NotRead, t(0));
     assert!(unset(&obs));
