@@ -880,7 +880,8 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
     warm(&s, "llama").await;
     let sqs = SdkQueue::new(&s.aws);
     let n = 5;
