@@ -17,7 +17,8 @@
 //!   headroom launches use (hysteresis).
 //! - A pool keeps at least one node (removals only, never launches) while the chance that any of its
 //!   models gets a request within [`Timing::relaunch_horizon_s`] (two cold starts), from the gaps
-//!   between arrivals seen and the silence so far, is at least [`Timing::relaunch_risk`] ([`crate::demand::ModelDemand::return_risk`]).
+//!   between arrivals seen and the silence so far, is at least [`Timing::relaunch_risk`]
+//!   ([`crate::demand::ModelDemand::return_risk`]).
 //! - Nodes needed per pool: `ceil(slots needed / slots per node)`, slots counting MPS or time-slicing
 //!   replicas (or MIG slices per profile, taking the profile that needs most nodes).
 //! - Usable nodes: schedulable, not disrupted, and (if still launching) within the launch timeout.
@@ -357,8 +358,9 @@ impl<'a> PoolDemand<'a> {
 /// Pools that need at most this many nodes at their peak consolidate down to one spare node, not two.
 /// In a small pool one spare node is a large share of the bill (a third of it when two are needed); in
 /// a large one it is a few percent, and it is where Knative's new pods start at once when the load
-/// rises. With `simgoals`, seeds 1-4, any value from 2 to 8 meets the same goals (102 of 116, from 98
-/// with two spare nodes everywhere and 100 with one spare node on the recent rate alone).
+/// rises. With `simgoals`, seeds 1-4, before [`Timing::relaunch_horizon_s`], any value from 2 to 8
+/// met the same goals: 102 of 116, against 98 with two spare nodes everywhere and 100 with one spare
+/// node in small pools sized on the recent rate alone.
 pub const SMALL_POOL_NODES: u32 = 4;
 
 fn saturate(n: u64) -> u32 {
