@@ -236,7 +236,9 @@ pub enum Action {
         /// Why.
         reason: String,
     },
-    /// Evict the Node's pods through the Eviction API (PodDisruptionBudgets apply).
+    /// Evict the Node's pods through the Eviction API (PodDisruptionBudgets apply). The effects layer
+    /// gives a node that is going anyway (a disruption) a short grace, and a node drained by choice
+    /// (consolidation) the pods' own, so the requests in flight finish there.
     Drain {
         /// Instance.
         instance_id: String,

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use zerospot_effects::config::{ModelConfig, PoolConfig, names};
 
@@ -103,16 +104,28 @@ pub fn pod_unusable(pod: &Pod, nodes: &[&Node]) -> Option<&'static str> {
     }
 }
 
+/// How long before a terminating pod's deletion deadline its requests are handed back, seconds: at the
+/// deadline the kubelet kills the container, so what still runs there then would fail.
+pub const TERMINATING_MARGIN_S: i64 = 5;
+
 /// Why requests running on a pod must go elsewhere at once, or `None` while they may finish there:
-/// the pod is gone or terminating, or its node is gone or tainted `zerospot.io/interrupted` (a Spot
-/// interruption: two minutes left). A pod that is merely not Ready (a readiness probe failing under
-/// load), or a cordoned node, keeps its requests: they may well finish.
-pub fn pod_doomed(pod: Option<&Pod>, nodes: &[&Node]) -> Option<&'static str> {
+/// the pod is gone, or within [`TERMINATING_MARGIN_S`] of its deletion deadline, or its node is gone
+/// or tainted `zerospot.io/interrupted` (a Spot interruption: two minutes left). A terminating pod
+/// before its deadline keeps its requests: Knative's queue-proxy stops taking new ones at SIGTERM and
+/// lets those in flight finish within the grace period (the scaler's consolidation evicts with the
+/// pods' own grace, which Knative sets to the revision timeout, 600 s in deploy/). A pod that is
+/// merely not Ready (a readiness probe failing under load), or a cordoned node, keeps its requests
+/// too: they may well finish.
+pub fn pod_doomed(pod: Option<&Pod>, nodes: &[&Node], now: DateTime<Utc>) -> Option<&'static str> {
     let Some(pod) = pod else {
         return Some("pod gone");
     };
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Some("pod terminating");
+    if let Some(deadline) = &pod.metadata.deletion_timestamp {
+        let deadline_ms = deadline.0.as_millisecond();
+        if deadline_ms <= (now + chrono::Duration::seconds(TERMINATING_MARGIN_S)).timestamp_millis()
+        {
+            return Some("pod terminating");
+        }
     }
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())?;
     let Some(node) = nodes
@@ -452,6 +465,7 @@ mod tests {
 
     #[test]
     fn requests_leave_a_pod_only_when_it_or_its_node_is_going_away() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let nodes = [node("n1", true), node("n2", false), node("n3", true)];
         let mut interrupted = nodes.clone();
         interrupted[2].spec.as_mut().unwrap().taints = Some(vec![Taint {
@@ -462,24 +476,27 @@ mod tests {
         let refs: Vec<&Node> = interrupted.iter().collect();
         let mut cordoned = node("n1", true);
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
-        assert_eq!(pod_doomed(None, &refs), Some("pod gone"));
-        assert_eq!(pod_doomed(Some(&pod("llama", "n1", true)), &refs), None);
+        assert_eq!(pod_doomed(None, &refs, now), Some("pod gone"));
         assert_eq!(
-            pod_doomed(Some(&pod("llama", "n1", false)), &refs),
+            pod_doomed(Some(&pod("llama", "n1", true)), &refs, now),
+            None
+        );
+        assert_eq!(
+            pod_doomed(Some(&pod("llama", "n1", false)), &refs, now),
             None,
             "not Ready (a probe failing under load) keeps its requests"
         );
         assert_eq!(
-            pod_doomed(Some(&pod("llama", "n2", true)), &refs),
+            pod_doomed(Some(&pod("llama", "n2", true)), &refs, now),
             None,
             "a NotReady node may come back"
         );
         assert_eq!(
-            pod_doomed(Some(&pod("llama", "n3", true)), &refs),
+            pod_doomed(Some(&pod("llama", "n3", true)), &refs, now),
             Some("node interrupted")
         );
         assert_eq!(
-            pod_doomed(Some(&pod("llama", "n9", true)), &refs),
+            pod_doomed(Some(&pod("llama", "n9", true)), &refs, now),
             Some("node gone")
         );
         let mut terminating = pod("llama", "n1", true);
@@ -488,19 +505,47 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert_eq!(
-            pod_doomed(Some(&terminating), &refs),
+            pod_doomed(Some(&terminating), &refs, now),
+            Some("pod terminating"),
+            "past its deletion deadline"
+        );
+        // Terminating with time left (evicted with the pods' own grace): its requests finish there,
+        // until shortly before the deadline.
+        let mut draining = pod("llama", "n1", true);
+        let deadline = |s: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(now.timestamp() + s).unwrap(),
+            ))
+        };
+        draining.metadata.deletion_timestamp = deadline(600);
+        assert_eq!(pod_doomed(Some(&draining), &refs, now), None);
+        draining.metadata.deletion_timestamp = deadline(TERMINATING_MARGIN_S + 1);
+        assert_eq!(pod_doomed(Some(&draining), &refs, now), None);
+        draining.metadata.deletion_timestamp = deadline(TERMINATING_MARGIN_S);
+        assert_eq!(
+            pod_doomed(Some(&draining), &refs, now),
             Some("pod terminating")
         );
+        // Time left, but on an interrupted node: moved at once.
+        let mut on_interrupted = pod("llama", "n3", true);
+        on_interrupted.metadata.deletion_timestamp = deadline(600);
+        assert_eq!(
+            pod_doomed(Some(&on_interrupted), &refs, now),
+            Some("node interrupted")
+        );
+        // A new request never goes to a terminating pod, deadline or not.
+        draining.metadata.deletion_timestamp = deadline(600);
+        assert_eq!(pod_unusable(&draining, &refs), Some("pod terminating"));
         let cordoned_refs = [&cordoned];
         assert_eq!(
-            pod_doomed(Some(&pod("llama", "n1", true)), &cordoned_refs),
+            pod_doomed(Some(&pod("llama", "n1", true)), &cordoned_refs, now),
             None
         );
         assert_eq!(node_unusable(&cordoned), Some("node cordoned"));
         assert_eq!(node_unusable(&nodes[1]), Some("node not Ready"));
         let mut unscheduled = pod("llama", "n1", true);
         unscheduled.spec.as_mut().unwrap().node_name = None;
-        assert_eq!(pod_doomed(Some(&unscheduled), &refs), None);
+        assert_eq!(pod_doomed(Some(&unscheduled), &refs, now), None);
         assert_eq!(pod_unusable(&unscheduled, &refs), Some("pod not scheduled"));
         assert_eq!(pod_unusable(&terminating, &refs), Some("pod terminating"));
         assert_eq!(

@@ -988,11 +988,13 @@ impl Dispatcher {
         }
     }
 
-    /// Hands back every request whose pod terminates or vanishes, or whose node is tainted
-    /// `zerospot.io/interrupted` or vanishes (`pods` mode), as soon as the watches show it.
+    /// Hands back every request whose pod vanishes or nears its deletion deadline, or whose node is
+    /// tainted `zerospot.io/interrupted` or vanishes (`pods` mode), as soon as the watches show it
+    /// ([`capacity::pod_doomed`]).
     async fn guard_pods(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
             let (pods, nodes) = self.pods_and_nodes();
+            let now = Utc::now();
             let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
             let by_uid: HashMap<&str, &Pod> = pods
                 .iter()
@@ -1004,7 +1006,7 @@ impl Dispatcher {
                     continue;
                 }
                 let pod = by_uid.get(target.uid.as_str()).copied();
-                if let Some(reason) = capacity::pod_doomed(pod, &node_refs) {
+                if let Some(reason) = capacity::pod_doomed(pod, &node_refs, now) {
                     let _ = r.release.send(Some(reason));
                 }
             }

@@ -6,7 +6,11 @@
 //!
 //! # Rules
 //! - **Scale-in is cordon -> drain -> terminate.** A drain marks the node ([`names::ANNOTATION_DRAINING`])
-//!   and evicts its pods through the Eviction API. A termination first evicts whatever is left; if a
+//!   and evicts its pods through the Eviction API: with the short `eviction_grace_s` when the node is
+//!   going anyway (a disruption in the snapshot, or a node the snapshot does not know), otherwise with
+//!   each pod's own `terminationGracePeriodSeconds` (Knative sets it to the revision timeout), during
+//!   which Knative's queue-proxy takes no new request and lets those in flight finish: a consolidated
+//!   node's requests finish there. A termination first evicts whatever is left; if a
 //!   PodDisruptionBudget still keeps a pod there, the termination waits for a later pass (an Event says
 //!   so), and that group's desired capacity is not lowered in this pass: lowering it would make the group
 //!   pick a victim itself.
@@ -138,7 +142,8 @@ pub struct Actuator<'a> {
     pub cluster: &'a dyn Cluster,
     /// Log only.
     pub dry_run: bool,
-    /// Grace period of evicted pods.
+    /// Grace period of pods evicted from a node that is going anyway or being terminated (a node drained
+    /// by choice gives its pods their own; see the module docs).
     pub eviction_grace_s: u32,
 }
 
@@ -333,7 +338,16 @@ impl Actuator<'_> {
                                         "Drain",
                                         reason,
                                     ));
-                                    match self.evict_all(name, group, &mut events).await {
+                                    // A node that is going anyway (Spot notice, rebalance,
+                                    // scheduled change) gives its pods the short grace; one
+                                    // drained by choice (consolidation, scale-in) their own, so
+                                    // the requests in flight finish there.
+                                    let going = nodes
+                                        .iter()
+                                        .find(|n| n.instance_id == *instance_id)
+                                        .is_none_or(|n| n.disruption.is_some());
+                                    let grace = going.then_some(self.eviction_grace_s);
+                                    match self.evict_all(name, group, grace, &mut events).await {
                                         Ok(None) => Outcome::Done,
                                         Ok(Some(blocked)) => Outcome::Deferred(blocked),
                                         Err(e) => Outcome::Failed(e),
@@ -362,7 +376,15 @@ impl Actuator<'_> {
                         Outcome::DryRun
                     } else {
                         let blocked = match &node {
-                            Some(name) => self.evict_all(name, asg_name, &mut events).await,
+                            Some(name) => {
+                                self.evict_all(
+                                    name,
+                                    asg_name,
+                                    Some(self.eviction_grace_s),
+                                    &mut events,
+                                )
+                                .await
+                            }
                             None => Ok(None),
                         };
                         match blocked {
@@ -485,12 +507,14 @@ impl Actuator<'_> {
         report
     }
 
-    /// Evicts every evictable pod on `node`. `Ok(None)` when none is left that is not already
-    /// terminating; `Ok(Some(why))` when an eviction was refused for now.
+    /// Evicts every evictable pod on `node` with `grace_s` (`None`: each pod's own
+    /// `terminationGracePeriodSeconds`). `Ok(None)` when none is left that is not already terminating;
+    /// `Ok(Some(why))` when an eviction was refused for now.
     async fn evict_all(
         &self,
         node: &str,
         group: &str,
+        grace_s: Option<u32>,
         events: &mut Vec<ActionEvent>,
     ) -> Result<Option<String>, ActError> {
         let pods = match self.cluster.evictable_pods(node).await {
@@ -500,7 +524,7 @@ impl Actuator<'_> {
         };
         let mut blocked = Vec::new();
         for pod in pods.iter().filter(|p| !p.terminating) {
-            match self.cluster.evict(pod, Some(self.eviction_grace_s)).await? {
+            match self.cluster.evict(pod, grace_s).await? {
                 Evicted::Accepted | Evicted::Gone => {}
                 Evicted::Blocked(message) => {
                     let why = format!(

@@ -281,7 +281,11 @@ pub struct ControllerConfig {
     /// Decide at least this often even when nothing changed. Default 30 s: a safety net; every watch
     /// event, queue change and policy deadline (idle window, launch timeout) already triggers a decision.
     pub resync_s: u64,
-    /// Grace period given to pods evicted from a node being scaled in. Default 30 s (Kubernetes' default).
+    /// Grace period given to pods evicted from a node that is going anyway (a Spot interruption notice,
+    /// a rebalance recommendation, a scheduled change) or being terminated. Default 30 s (Kubernetes'
+    /// default). Pods on a node drained by choice (consolidation) get their own
+    /// `terminationGracePeriodSeconds`, which Knative sets to the revision timeout, so that the
+    /// requests in flight finish there.
     pub eviction_grace_s: u32,
     /// Namespace of the controller's Lease and of Events about Auto Scaling groups. Default `zerospot`.
     pub namespace: String,

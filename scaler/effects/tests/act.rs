@@ -349,3 +349,63 @@ async fn a_failed_termination_keeps_the_capacity_and_other_failures_do_not_stop_
     assert_eq!(aws.group("asg").unwrap().desired, 2);
     assert_eq!(report.event_failures.len(), 1);
 }
+
+#[tokio::test]
+async fn a_node_drained_by_choice_gives_its_pods_their_own_grace_and_one_going_anyway_the_short_one()
+ {
+    // Consolidation: cordon and drain only (the node goes later, once idle). Its pods get their own
+    // terminationGracePeriodSeconds (Knative: the revision timeout), so requests in flight finish.
+    let drain_only = |instance: &str, node: &str| Decision {
+        actions: scale_in(instance, node).into_iter().take(2).collect(),
+        ..Decision::default()
+    };
+    let mut known = ready("i-1", "gpu");
+    known.name = Some("n1".into());
+    let evictions = |calls: Vec<KubeCall>| -> Vec<KubeCall> {
+        calls
+            .into_iter()
+            .filter(|c| matches!(c, KubeCall::Evict(..)))
+            .collect()
+    };
+    let run = |nodes: Vec<zerospot_core::Node>| async move {
+        let aws = FakeAutoScaling::default().with_group("asg", 0, 3);
+        aws.add_instance("asg", "i-1");
+        let cluster = FakeCluster::default();
+        cluster.add_pod("n1", "models", "llama-abc");
+        let actuator = Actuator {
+            aws: &aws,
+            cluster: &cluster,
+            dry_run: false,
+            eviction_grace_s: 30,
+        };
+        let report = actuator
+            .apply(&drain_only("i-1", "n1"), &groups(&aws).await, &nodes, at(0))
+            .await;
+        assert!(
+            report.applied.iter().all(|a| a.outcome == Outcome::Done),
+            "{report:?}"
+        );
+        assert!(
+            aws.calls().is_empty(),
+            "nothing terminated: {:?}",
+            aws.calls()
+        );
+        evictions(cluster.calls())
+    };
+    assert_eq!(
+        run(vec![known.clone()]).await,
+        vec![KubeCall::Evict("models/llama-abc".into(), None)]
+    );
+    // A Spot notice: the node dies in two minutes; the short grace.
+    let mut noticed = known.clone();
+    noticed.disruption = Some(zerospot_core::Disruption::SpotInterruption);
+    assert_eq!(
+        run(vec![noticed]).await,
+        vec![KubeCall::Evict("models/llama-abc".into(), Some(30))]
+    );
+    // A node the snapshot does not know: as if it were going.
+    assert_eq!(
+        run(vec![]).await,
+        vec![KubeCall::Evict("models/llama-abc".into(), Some(30))]
+    );
+}
