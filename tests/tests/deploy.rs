@@ -436,6 +436,11 @@ async fn overlays_wire_the_configuration_the_models_and_the_gpus_together() {
         let features = data("config-features");
         let autoscaler = data("config-autoscaler");
         assert_eq!(autoscaler["enable-scale-to-zero"], "true");
+        assert_eq!(
+            seconds(autoscaler["scale-down-delay"].as_str().unwrap()) as f64,
+            zerospot_sim::PolicyParams::default().zerospot_knative_scale_down_delay_s,
+            "the cluster-wide default is what the model Services set"
+        );
         let progress = seconds(
             data("config-deployment")["progress-deadline"]
                 .as_str()
@@ -549,7 +554,8 @@ async fn overlays_wire_the_configuration_the_models_and_the_gpus_together() {
                 probe.contains("ollama ps") && probe.contains("ZEROSPOT_MODEL"),
                 "{probe}"
             );
-            // Scale to zero; the pod outlives a cold start and stays the scaler's idle window.
+            // Scale to zero; the pods outlive a cold start and stay a minute after the load that needed
+            // them, as the simulator models it.
             let ann = &template["metadata"]["annotations"];
             assert_eq!(ann["autoscaling.knative.dev/min-scale"], "0", "{name}");
             let deadline = seconds(
@@ -563,7 +569,12 @@ async fn overlays_wire_the_configuration_the_models_and_the_gpus_together() {
                     .as_str()
                     .unwrap(),
             );
-            assert_eq!(delay, config.timing.idle_window_s, "{name}");
+            assert_eq!(
+                delay as f64,
+                zerospot_sim::PolicyParams::default().zerospot_knative_scale_down_delay_s,
+                "{name}: what the simulator models"
+            );
+            assert!(delay <= config.timing.idle_window_s, "{name}");
             if ann["autoscaling.knative.dev/initial-scale"] == "0" {
                 assert_eq!(autoscaler["allow-zero-initial-scale"], "true");
             }

@@ -87,7 +87,10 @@ pub struct Timing {
     /// and `relaunch_risk` existed and with the synthetic sharing curve: 1.0 met 26, 22, 24 and 23 of
     /// their 29 goals, 1.5 met 25, 21, 23 and 22 (more headroom nodes, more of them removed and
     /// launched again), 2.0 met 23 on seed 1. With both and the measured H200 curve, seeds 1-4 meet 98
-    /// goals at 1.0, 93 at 0.5, 91 at 1.5 and 91 at 2.0 (`simgoals --headroom`).
+    /// goals at 1.0, 93 at 0.5, 91 at 1.5 and 91 at 2.0 (`simgoals --headroom`). With every rule of
+    /// 2026-11-30 and Knative's 60 s scale-down delay modelled, 0.0-0.6 meet 104-105 and 1.0 103: the
+    /// pods Knative keeps a minute serve as headroom too. 1.0 is kept; the gain is one removal more or
+    /// less on a sparse run, and the dense waits keep more margin.
     pub headroom: f64,
     /// The square-root staffing confidence removals use: a node goes only when the lanes left hold
     /// `a + keep_headroom x sqrt(a)`, more than the `headroom` launches are sized for. Default 1.5: the
@@ -111,7 +114,8 @@ pub struct Timing {
     /// few dozen gaps in buckets that double in width, so a return that the histogram places just past
     /// one cold start is counted too. With `simgoals`, seeds 1-4, one cold start (255 s) met 102 of the
     /// 116 goals, the longest cold start (300 s) 101, 383 s 103, 510 s and 638 s 104, 765 s 105 and
-    /// 1,020 s 103 (the last node kept longer costs more on sparse traffic).
+    /// 1,020 s 103 (the last node kept longer costs more on sparse traffic). With Knative's 60 s
+    /// scale-down delay modelled: 255 s 101, 383 s 102, 510 s 103, 765 s 104.
     pub relaunch_horizon_s: u64,
 }
 

@@ -276,6 +276,8 @@ pub(crate) struct Cluster<'w> {
     pub intake: Intake,
     /// Knative's target utilisation for this policy's revisions.
     pub target_utilization: f64,
+    /// Knative's scale-down delay for this policy's revisions, seconds.
+    pub scale_down_delay_s: f64,
     /// One Pod Autoscaler per model.
     pub kpa: Vec<Kpa>,
     /// Cold requests waiting per model.
@@ -365,6 +367,7 @@ impl<'w> Cluster<'w> {
             demand_signal: DemandSignal::Queued,
             intake: Intake::Activator,
             target_utilization: p.knative.target_utilization,
+            scale_down_delay_s: p.knative.scale_down_delay_s,
             kpa: vec![Kpa::default(); models],
             cold_queued: vec![0; models],
             cold_since: vec![0.0; models],
@@ -704,6 +707,7 @@ impl<'w> Cluster<'w> {
         let conc = self.p.serving.pod_concurrency.max(1);
         let params = KnativeParams {
             target_utilization: self.target_utilization,
+            scale_down_delay_s: self.scale_down_delay_s,
             ..self.p.knative
         };
         for m in 0..self.models {
@@ -725,6 +729,7 @@ impl<'w> Cluster<'w> {
         }
         let params = KnativeParams {
             target_utilization: self.target_utilization,
+            scale_down_delay_s: self.scale_down_delay_s,
             ..self.p.knative
         };
         let conc = self.p.serving.pod_concurrency.max(1);

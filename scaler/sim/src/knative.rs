@@ -8,7 +8,9 @@
 //! it follows the panic window and does not scale down until 60 s (one stable window) after the last
 //! panic. Scale-down is at most halving per decision (`max-scale-down-rate` 2, rounded down). A revision with traffic in
 //! the activator and no pod is scaled from zero at once (the activator's first stat); the last pod goes
-//! only after the stable window saw no traffic and the 30 s `scale-to-zero-grace-period` passed.
+//! only after the stable window saw no traffic and the 30 s `scale-to-zero-grace-period` passed. With a
+//! `scale-down-delay` (zerospot's deploy/ sets 255 s), the desired scale is the highest decided within
+//! the delay.
 
 use std::collections::VecDeque;
 
@@ -28,6 +30,10 @@ pub struct KnativeParams {
     pub scale_to_zero_grace_s: f64,
     /// How often the KPA decides, seconds (`tick-interval`, 2 s).
     pub tick_s: f64,
+    /// The desired scale is the highest decided within this long, seconds
+    /// (`autoscaling.knative.dev/scale-down-delay`, default 0: none). zerospot's deploy/ sets the
+    /// scaler's idle window (255 s), so a pod and its node go away together.
+    pub scale_down_delay_s: f64,
 }
 
 impl Default for KnativeParams {
@@ -39,6 +45,7 @@ impl Default for KnativeParams {
             panic_threshold: 2.0,
             scale_to_zero_grace_s: 30.0,
             tick_s: 2.0,
+            scale_down_delay_s: 0.0,
         }
     }
 }
@@ -54,6 +61,8 @@ pub(crate) struct Kpa {
     pub desired: u32,
     /// Since when the averages have asked for zero pods.
     zero_since: Option<f64>,
+    /// `(time, desired)` within the scale-down delay, for its maximum.
+    delayed: VecDeque<(f64, u32)>,
 }
 
 impl Kpa {
@@ -97,6 +106,23 @@ impl Kpa {
             self.panic_at = None;
             stable.max(ready / 2)
         };
+        // Knative's decider: with a scale-down delay, the highest desired scale within it.
+        if p.scale_down_delay_s > 0.0 {
+            while self
+                .delayed
+                .front()
+                .is_some_and(|(t, _)| now - t >= p.scale_down_delay_s)
+            {
+                self.delayed.pop_front();
+            }
+            self.delayed.push_back((now, desired));
+            desired = self
+                .delayed
+                .iter()
+                .map(|(_, d)| *d)
+                .max()
+                .unwrap_or(desired);
+        }
         if desired == 0 {
             let since = *self.zero_since.get_or_insert(now);
             if ready > 0 && now - since < p.scale_to_zero_grace_s {
@@ -132,6 +158,42 @@ mod tests {
             d = k.decide(&p, f64::from(i) * 2.0, 7.0, 10, 1);
         }
         assert_eq!(d, 10, "7 requests at 70 % of one each: 10 pods");
+    }
+
+    #[test]
+    fn a_scale_down_delay_keeps_the_highest_desired_scale_within_it() {
+        let p = KnativeParams {
+            scale_down_delay_s: 100.0,
+            ..KnativeParams::default()
+        };
+        let mut k = Kpa::default();
+        let mut none = Kpa::default();
+        // 7 in flight for a minute and a half: 10 pods at 70 %.
+        let mut t = 0.0;
+        while t < 90.0 {
+            assert_eq!(
+                k.decide(&p, t, 7.0, 10, 1),
+                none.decide(&KnativeParams::default(), t, 7.0, 10, 1)
+            );
+            t += 2.0;
+        }
+        assert_eq!(k.desired, 10);
+        // Then 1 in flight: without the delay the scale falls within the stable window; with it, it
+        // holds 10 until 100 s after the last decision that asked for 10.
+        let mut fell_without = None;
+        while t < 400.0 {
+            let with = k.decide(&p, t, 1.0, 10, 1);
+            let without = none.decide(&KnativeParams::default(), t, 1.0, 10, 1);
+            if without < 10 && fell_without.is_none() {
+                fell_without = Some(t);
+            }
+            if t < 88.0 + 100.0 {
+                assert_eq!(with, 10, "at {t}");
+            }
+            t += 2.0;
+        }
+        assert!(fell_without.is_some_and(|f| f < 150.0), "{fell_without:?}");
+        assert!(k.desired < 10, "the delay is over: {}", k.desired);
     }
 
     #[test]
