@@ -253,3 +253,19 @@ impl Snapshot {
         &mut self.demand[pos]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixtures_are_what_their_names_say() {
+        assert_eq!(on_demand_pool("od").capacity_type, CapacityType::OnDemand);
+        assert_eq!(spot_pool("s").capacity_type, CapacityType::Spot);
+        let l = launching("i-1", "gpu", at(5));
+        assert_eq!(l.state, NodeState::Launching);
+        assert_eq!(l.name, None, "not registered yet");
+        assert_eq!(l.launched_at, at(5));
+        assert_eq!(ready("i-1", "gpu").name.as_deref(), Some("node-i-1"));
+    }
+}
