@@ -9,7 +9,7 @@
 //! panic. Scale-down is at most halving per decision (`max-scale-down-rate` 2, rounded down). A revision with traffic in
 //! the activator and no pod is scaled from zero at once (the activator's first stat); the last pod goes
 //! only after the stable window saw no traffic and the 30 s `scale-to-zero-grace-period` passed. With a
-//! `scale-down-delay` (zerospot's deploy/ sets 255 s), the desired scale is the highest decided within
+//! `scale-down-delay` (zerospot's deploy/ sets 60 s), the desired scale is the highest decided within
 //! the delay.
 
 use std::collections::VecDeque;
@@ -31,8 +31,8 @@ pub struct KnativeParams {
     /// How often the KPA decides, seconds (`tick-interval`, 2 s).
     pub tick_s: f64,
     /// The desired scale is the highest decided within this long, seconds
-    /// (`autoscaling.knative.dev/scale-down-delay`, default 0: none). zerospot's deploy/ sets the
-    /// scaler's idle window (255 s), so a pod and its node go away together.
+    /// (`autoscaling.knative.dev/scale-down-delay`, default 0: none). zerospot's deploy/ sets 60 s
+    /// (`crate::PolicyParams::zerospot_knative_scale_down_delay_s`).
     pub scale_down_delay_s: f64,
 }
 
