@@ -840,6 +840,26 @@ async fn without_a_cluster_the_dispatcher_serves_fixed_endpoints_and_refuses_a_m
     assert_eq!(status.code(), Some(2), "a configuration error, not a crash");
 }
 
+/// The dispatcher's published demand record: the ConfigMap, its `demand.json` and the record parsed;
+/// why not, while it is missing or unreadable.
+async fn published_demand(
+    configmaps: &Api<ConfigMap>,
+) -> Result<(ConfigMap, String, PublishedDemand), String> {
+    let cm = configmaps
+        .get_opt(names::CONFIGMAP_DEMAND)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no ConfigMap yet")?;
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(names::DEMAND_KEY))
+        .cloned()
+        .ok_or("no demand.json")?;
+    let record = PublishedDemand::parse(&text).map_err(|e| e.to_string())?;
+    Ok((cm, text, record))
+}
+
 #[tokio::test]
 async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_carries_them() {
     let s = Scenario::new(&["llama"], |o| o).await;
@@ -861,18 +881,7 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
         "an empty record as soon as the dispatcher runs",
         Duration::from_secs(10),
         || async {
-            let cm = configmaps
-                .get_opt(names::CONFIGMAP_DEMAND)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no ConfigMap yet")?;
-            let text = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(names::DEMAND_KEY))
-                .cloned()
-                .ok_or("no demand.json")?;
-            let record = PublishedDemand::parse(&text).map_err(|e| e.to_string())?;
+            let (_, _, record) = published_demand(&configmaps).await?;
             if record.models.is_empty() {
                 Ok(())
             } else {
@@ -904,18 +913,7 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
         "the ConfigMap zerospot-demand with every arrival and some completions",
         Duration::from_secs(25),
         || async {
-            let cm = configmaps
-                .get_opt(names::CONFIGMAP_DEMAND)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no ConfigMap yet")?;
-            let text = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(names::DEMAND_KEY))
-                .cloned()
-                .ok_or("no demand.json")?;
-            let record = PublishedDemand::parse(&text).map_err(|e| e.to_string())?;
+            let (cm, text, record) = published_demand(&configmaps).await?;
             // All five arrived (4 gaps; the dispatcher takes at most 4 at a time) and some finished.
             let served = record.models.iter().any(|m| {
                 m.model == "llama"
