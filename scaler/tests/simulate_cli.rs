@@ -36,6 +36,10 @@ fn simulate_json_reports_every_policy_with_the_documented_fields() {
     );
     let bound = doc["lower_bound_usd"].as_f64().expect("lower_bound_usd");
     assert!(bound > 0.0);
+    let waiting = doc["bounded_wait_bound_usd"]
+        .as_f64()
+        .expect("bounded_wait_bound_usd");
+    assert!(waiting > 0.0 && waiting <= bound);
     assert_eq!(doc["workload_class"], "other");
     let goals: Vec<&str> = doc["goals"]
         .as_array()

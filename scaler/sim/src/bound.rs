@@ -159,6 +159,84 @@ pub fn lower_bound(
     out
 }
 
+/// A provable lower bound, in node-seconds, on what any policy pays for `workload` when every request
+/// starts its one complete run within `max_wait_s` of its arrival (the sparse goal's limit: one cold
+/// start + 30 s).
+///
+/// # The argument
+/// Such a policy may serve later than at arrival, so [`lower_bound`] does not bind it; this bound
+/// does. Let `c` be the minimum cold start, `W = max_wait_s`, and `s_r` request `r`'s service time
+/// alone on a GPU.
+///
+/// 1. *Episodes.* Look only at whether at least one node is billed. The times when one is form disjoint
+///    intervals, *episodes*. A node ready at `u` was launched by `u - c` and billed since, so an
+///    episode `[x, y]` has nothing ready before `x + c`. Request `r` runs for at least `s_r` on a ready
+///    node from some `t_r` in `[a_r, a_r + W]`, so the episode holding its run has `x + c <= a_r + W`
+///    and `y >= max(a_r, x + c) + s_r`.
+/// 2. *An episode serving the set `S` costs at least `c + max over r in S of (s_r + (a_r - a_f -
+///    W)^+)`,* where `f` is the first of `S` to arrive: its length `y - x` is smallest with `x` as late
+///    as `S` allows, `x + c = a_f + W`.
+/// 3. *Some optimal schedule serves consecutive runs of arrivals in each episode.* Take episodes `E_j`
+///    before `E_{j+1}`, `f` the first arrival served in `E_{j+1}` and `r` the last served in `E_j`,
+///    with `a_f <= a_r`. `r` ran in `E_j`, so `max(a_r, rho_j) + s_r <= y_j`, with `rho_j` the ready
+///    time of `E_j`, and `a_r < rho_{j+1}`. If `s_f <= s_r`, `f` fits into `E_j` where `r` ran (its
+///    start is no later, and `rho_j < rho_{j+1} <= a_f + W`). Otherwise `r` fits into `E_{j+1}` at
+///    `rho_{j+1} <= a_f + W <= a_r + W`, inside the room `f`'s longer run needs. Neither move changes
+///    an episode, and each removes at least one inversion (a pair served out of arrival order) without
+///    adding one, because `r` is the last of `E_j` and `f` the first of `E_{j+1}`. An inversion always
+///    shows between two adjacent episodes when there is one at all, so this ends with none.
+/// 4. So the billed time of the first node level is at least the cheapest split of the arrivals, in
+///    order, into consecutive groups priced as in 2: a dynamic programme over the sorted arrivals,
+///    `O(n^2)`.
+/// 5. The levels above one node: every request holds one of the `slots x concurrency` lanes of a ready
+///    node for `s_r`, and at least one cold start is billed, so the node-seconds are also at least
+///    `c + sum of s_r / (slots x concurrency)`. The bound is the larger of 4 and 5.
+///
+/// It leaves out what only makes real policies pay more, as [`lower_bound`] does. It assumes no run
+/// is cut and re-run: a Spot interruption takes a node away, it never serves a request for less.
+pub fn bounded_wait_lower_bound(
+    workload: &Workload,
+    cloud: &Cloud,
+    serving: &Serving,
+    max_wait_s: f64,
+) -> f64 {
+    if workload.requests.is_empty() {
+        return 0.0;
+    }
+    let c = cloud.cold_start_min_s();
+    let w = max_wait_s.max(0.0);
+    let mut runs: Vec<(f64, f64)> = workload
+        .requests
+        .iter()
+        .map(|r| {
+            (
+                r.at,
+                serving.service_s(r.prompt_tokens, r.generated_tokens, 1),
+            )
+        })
+        .collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = runs.len();
+    // best[j]: the cheapest first-level cost of serving the first j arrivals.
+    let mut best = vec![f64::INFINITY; n + 1];
+    best[0] = 0.0;
+    for i in 0..n {
+        let before = best[i];
+        let first = runs[i].0;
+        let mut longest = 0.0f64;
+        for (j, &(at, s)) in runs.iter().enumerate().skip(i) {
+            longest = longest.max(s + (at - first - w).max(0.0));
+            let cost = before + c + longest;
+            if cost < best[j + 1] {
+                best[j + 1] = cost;
+            }
+        }
+    }
+    let lanes = f64::from(serving.slots_per_gpu.max(1)) * f64::from(serving.pod_concurrency.max(1));
+    let work: f64 = runs.iter().map(|r| r.1).sum();
+    best[n].max(c + work / lanes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +346,66 @@ mod tests {
         let level1 = C + 300.0 + C + 10.0;
         let level2 = C + 10.0 + 90.0 + 10.0 + C + 10.0;
         assert_eq!(bound(rs, 1, 1, 1), level1 + level2);
+    }
+
+    fn waiting_bound(requests: Vec<Request>, slots: u32, conc: u32, wait: f64) -> f64 {
+        let cloud = Cloud::new(INSTANCE_TYPES[1]);
+        bounded_wait_lower_bound(&workload(requests, 1), &cloud, &serving(slots, conc), wait)
+    }
+
+    #[test]
+    fn with_waits_allowed_one_request_still_pays_a_cold_start_and_its_service() {
+        assert_eq!(waiting_bound(vec![req(0.0, 10, 0)], 4, 1, 300.0), C + 10.0);
+        assert_eq!(waiting_bound(Vec::new(), 4, 1, 300.0), 0.0);
+    }
+
+    #[test]
+    fn requests_within_the_wait_share_one_episode_and_later_ones_pay_their_lateness() {
+        // Wait 300: a node ready at 300 serves both (at 0 and 200); the longer one sets the length.
+        assert_eq!(
+            waiting_bound(vec![req(0.0, 10, 0), req(200.0, 30, 0)], 4, 1, 300.0),
+            C + 30.0
+        );
+        // The second at 400 is 100 s past the first's ready time: one episode runs to 400 + 10.
+        // Two episodes would cost 2C + 20 > C + 110.
+        assert_eq!(
+            waiting_bound(vec![req(0.0, 10, 0), req(400.0, 10, 0)], 4, 1, 300.0),
+            C + 110.0
+        );
+        // Far apart: two episodes, each a cold start and a run.
+        assert_eq!(
+            waiting_bound(vec![req(0.0, 10, 0), req(5000.0, 10, 0)], 4, 1, 300.0),
+            2.0 * (C + 10.0)
+        );
+    }
+
+    #[test]
+    fn a_long_request_sets_its_episode_and_a_short_later_one_rides_along() {
+        // The exchange case: a long first run and a short one later are one episode of the long one.
+        let rs = vec![req(0.0, 1000, 0), req(50.0, 10, 0), req(100.0, 5, 0)];
+        assert_eq!(waiting_bound(rs, 4, 1, 300.0), C + 1000.0);
+    }
+
+    #[test]
+    fn the_lanes_bound_binds_when_many_requests_overlap() {
+        // 40 requests of 100 s at once on 4 lanes: at least 1,000 node-seconds of serving.
+        let rs: Vec<Request> = (0..40).map(|_| req(0.0, 100, 0)).collect();
+        assert_eq!(waiting_bound(rs, 4, 1, 300.0), C + 1000.0);
+    }
+
+    #[test]
+    fn with_no_wait_allowed_it_never_exceeds_the_zero_wait_bound() {
+        // A wait of 0 is the zero-wait setting at one level, so the two bounds agree on one node's
+        // worth of work; with a wait allowed the bound can only fall.
+        let rs = vec![
+            req(0.0, 10, 0),
+            req(110.0, 10, 0),
+            req(1000.0, 40, 0),
+            req(1100.0, 5, 0),
+        ];
+        let zero = bound(rs.clone(), 1, 4, 1);
+        assert_eq!(waiting_bound(rs.clone(), 4, 1, 0.0), zero);
+        assert!(waiting_bound(rs, 4, 1, 300.0) < zero);
     }
 
     #[test]

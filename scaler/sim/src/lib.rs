@@ -26,7 +26,7 @@ pub mod rng;
 pub mod serving;
 pub mod workload;
 
-pub use bound::{LowerBound, lower_bound};
+pub use bound::{LowerBound, bounded_wait_lower_bound, lower_bound};
 pub use cloud::{Cloud, INSTANCE_TYPES, InstanceType, instance_type};
 pub use cluster::{ClusterParams, DemandSignal, Sample};
 pub use error::{Result, SimError};
@@ -180,6 +180,13 @@ pub fn simulate(scenario: &Scenario, progress: &AtomicU64) -> Result<Report> {
         p.cost_vs_bound = ratio(p.cost_usd, bound.cost_usd);
     }
     let cloud = &scenario.cluster.cloud;
+    let bounded_wait_s = cloud.cold_start_max_s() + 30.0;
+    let bounded_wait_bound_usd = bound::bounded_wait_lower_bound(
+        &scenario.workload,
+        cloud,
+        &scenario.cluster.serving,
+        bounded_wait_s,
+    ) * cloud.price_per_s(true);
     let mut report = Report {
         workload: scenario.workload.description.clone(),
         workload_class: scenario.class,
@@ -192,6 +199,8 @@ pub fn simulate(scenario: &Scenario, progress: &AtomicU64) -> Result<Report> {
         seed: scenario.seed,
         lower_bound_usd: bound.cost_usd,
         lower_bound_node_seconds: bound.node_seconds,
+        bounded_wait_s,
+        bounded_wait_bound_usd,
         policies,
         goals: Vec::new(),
         bound_series: bound.series,

@@ -151,6 +151,11 @@ pub struct Report {
     pub lower_bound_usd: f64,
     /// The same in node-seconds.
     pub lower_bound_node_seconds: f64,
+    /// The longest wait the sparse goal allows, seconds (one cold start + 30 s).
+    pub bounded_wait_s: f64,
+    /// Lower bound on the cost of any policy in which no request waits longer than `bounded_wait_s`,
+    /// USD (see [`crate::bound::bounded_wait_lower_bound`]).
+    pub bounded_wait_bound_usd: f64,
     /// One entry per policy.
     pub policies: Vec<PolicyReport>,
     /// zerospot's goals for this workload's class, each met or not.
@@ -199,7 +204,7 @@ impl Report {
                 goal(
                     "longest wait, s (cold start + 30 s)",
                     z.queue_delay_s.max,
-                    self.cold_start_s + 30.0,
+                    self.bounded_wait_s,
                 );
             }
             WorkloadClass::Other => {}
@@ -300,6 +305,11 @@ impl Report {
             "lower bound on any zero-wait policy: ${:.2} ({:.2} GPU-h)",
             self.lower_bound_usd,
             self.lower_bound_node_seconds / 3600.0
+        );
+        let _ = writeln!(
+            out,
+            "lower bound on any policy with no wait over {:.0} s: ${:.2}",
+            self.bounded_wait_s, self.bounded_wait_bound_usd
         );
         let _ = writeln!(out);
         let rows = self.rows();

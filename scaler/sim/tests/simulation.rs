@@ -87,6 +87,33 @@ fn nothing_that_never_waits_costs_less_than_the_bound() {
     }
 }
 
+/// The bound with waits allowed sits at or below the zero-wait bound, and no simulated policy that kept
+/// every wait within its limit costs less than it.
+#[test]
+fn nothing_that_keeps_the_wait_limit_costs_less_than_the_waiting_bound() {
+    for (seed, time_scale) in [(1, 1.0), (3, 3.0), (6, 10.0)] {
+        let report = run(&synthetic(2_500, seed, time_scale));
+        let waiting = report.bounded_wait_bound_usd;
+        assert!(waiting > 0.0);
+        assert!(
+            waiting <= report.lower_bound_usd + 1e-9,
+            "seed {seed}: waiting bound {waiting} over the zero-wait bound {}",
+            report.lower_bound_usd
+        );
+        assert_eq!(report.bounded_wait_s, report.cold_start_s + 30.0);
+        for p in &report.policies {
+            if p.queue_delay_s.max <= report.bounded_wait_s {
+                assert!(
+                    p.cost_usd >= waiting - 1e-9,
+                    "seed {seed}: {} costs {} under the waiting bound {waiting}",
+                    p.name,
+                    p.cost_usd
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn always_on_cost_equals_nodes_times_duration_from_the_first_request() {
     let mut scenario = synthetic(2_000, 7, 1.0);
