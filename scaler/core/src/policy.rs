@@ -18,7 +18,8 @@
 //! - A pool keeps at least one node (removals only, never launches) while the chance that any of its
 //!   models gets a request within [`Timing::relaunch_horizon_s`] (two cold starts), from the gaps
 //!   between arrivals seen and the silence so far, is at least [`Timing::relaunch_risk`]
-//!   ([`crate::demand::ModelDemand::return_risk`]).
+//!   ([`crate::demand::ModelDemand::return_risk`]). A model with too few gaps to read counts as
+//!   returning until it has been silent for [`Timing::thin_history_hold_s`].
 //! - Nodes needed per pool: `ceil(slots needed / slots per node)`, slots counting MPS or time-slicing
 //!   replicas (or MIG slices per profile, taking the profile that needs most nodes).
 //! - Usable nodes: schedulable, not disrupted, and (if still launching) within the launch timeout.
@@ -89,8 +90,12 @@ pub struct Timing {
     /// launched again), 2.0 met 23 on seed 1. With both and the measured H200 curve, seeds 1-4 meet 98
     /// goals at 1.0, 93 at 0.5, 91 at 1.5 and 91 at 2.0 (`simgoals --headroom`). With every rule of
     /// 2026-11-30 and Knative's 60 s scale-down delay modelled, 0.0-0.6 meet 104-105 and 1.0 103: the
-    /// pods Knative keeps a minute serve as headroom too. 1.0 is kept; the gain is one removal more or
-    /// less on a sparse run, and the dense waits keep more margin.
+    /// pods Knative keeps a minute serve as headroom too. Default 0.5 since
+    /// [`Timing::thin_history_hold_s`] and the return risk's memoryless tail: seeds 1-4 meet 106 goals
+    /// at 0.25 and 0.5, 104 at 0.75, 103 at 1.0; seeds 5-8, never used to choose a default, 102, 102,
+    /// 103 and 102. The dense warm p95 on seeds 1-8 is 5.7-11.8 s at 0.5 and 5.0-14.8 s at 1.0: a
+    /// third node of headroom was mostly removed and launched again on p = 0.1 (seeds 3 and 4 cost
+    /// 1.18x and 1.17x the bound at 1.0, 1.09x and 1.15x at 0.5).
     pub headroom: f64,
     /// The square-root staffing confidence removals use: a node goes only when the lanes left hold
     /// `a + keep_headroom x sqrt(a)`, more than the `headroom` launches are sized for. Default 1.5: the
@@ -117,6 +122,15 @@ pub struct Timing {
     /// 1,020 s 103 (the last node kept longer costs more on sparse traffic). With Knative's 60 s
     /// scale-down delay modelled: 255 s 101, 383 s 102, 510 s 103, 765 s 104.
     pub relaunch_horizon_s: u64,
+    /// While a model has sent requests but shown fewer than [`crate::estimate::GAP_MIN_COUNT`] gaps
+    /// between them (too few for [`crate::demand::ModelDemand::return_risk`]), its pool keeps its last
+    /// node until the model has been silent this long, seconds. Default 765 s, three mean cold starts.
+    /// Without it such a model counted as gone at once: with `simgoals`, a model that had sent one or
+    /// two requests left the pool to its other model's odds, the last node went, and the thin model's
+    /// next request came within a cold start (x10 stretched, seeds 1, 3, 7 and 8). With `simgoals
+    /// --thin-hold`, seeds 1-8 meet 205 goals without the hold (0), 207 at 510 s, 208 at 765 s and
+    /// 1,020 s. 0 turns the hold off.
+    pub thin_history_hold_s: u64,
 }
 
 impl Default for Timing {
@@ -128,10 +142,11 @@ impl Default for Timing {
             capacity_failure_threshold: 2,
             backlog_drain_s: 255,
             cold_start_s: 255,
-            headroom: 1.0,
+            headroom: 0.5,
             keep_headroom: 1.5,
             relaunch_risk: 0.2,
             relaunch_horizon_s: 510,
+            thin_history_hold_s: 765,
         }
     }
 }
@@ -423,8 +438,16 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         let Some(&pi) = pool_index.get(model.pool.as_str()) else {
             continue;
         };
-        if let Some(risk) = d.return_risk(timing.relaunch_horizon_s as f64) {
-            quiet[pi] *= 1.0 - risk;
+        match d.return_risk(timing.relaunch_horizon_s as f64) {
+            Some(risk) => quiet[pi] *= 1.0 - risk,
+            // Too few gaps to read: a model heard from recently counts as coming back.
+            None if d
+                .silent_for_s
+                .is_some_and(|s| s < timing.thin_history_hold_s as f64) =>
+            {
+                quiet[pi] = 0.0;
+            }
+            None => {}
         }
         let kept = d.pods_needed(model.concurrency, &keep_sizing);
         keep[pi].add(

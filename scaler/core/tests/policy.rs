@@ -567,9 +567,32 @@ fn the_last_node_stays_while_a_request_is_likely_within_a_cold_start() {
     // Bursts of 10 s gaps with hours between them: 60 s into a silence the next burst is far.
     let lull = idle().gaps("llama", 60.0, &[(10.0, 80), (7200.0, 20)]);
     assert_eq!(terminated(&decide(&lull, &c, at(window))), vec!["i-1"]);
-    // Too few gaps to say anything: the idle window decides.
+    // Too few gaps to read: the model counts as coming back until silent for the thin-history hold,
+    // then the idle window decides.
+    assert_eq!(c.timing.thin_history_hold_s, 765);
     let young = idle().gaps("llama", 300.0, &[(400.0, 4)]);
-    assert_eq!(terminated(&decide(&young, &c, at(window))), vec!["i-1"]);
+    assert!(terminated(&decide(&young, &c, at(window))).is_empty());
+    let just_in = idle().gaps("llama", 764.0, &[(400.0, 4)]);
+    assert!(terminated(&decide(&just_in, &c, at(window))).is_empty());
+    let young_gone = idle().gaps("llama", 765.0, &[(400.0, 4)]);
+    assert_eq!(
+        terminated(&decide(&young_gone, &c, at(window))),
+        vec!["i-1"]
+    );
+    let mut no_hold = c.clone();
+    no_hold.timing.thin_history_hold_s = 0;
+    assert_eq!(
+        terminated(&decide(&young, &no_hold, at(window))),
+        vec!["i-1"]
+    );
+    // One request and no gap at all counts the same; no silence known (the Lambda functions read no
+    // estimates) leaves it to the idle window.
+    let first = idle().gaps("llama", 300.0, &[]);
+    assert!(terminated(&decide(&first, &c, at(window))).is_empty());
+    let mut unknown = idle().gaps("llama", 300.0, &[]);
+    unknown.demand[0].silent_for_s = None;
+    unknown.demand[0].gaps = None;
+    assert_eq!(terminated(&decide(&unknown, &c, at(window))), vec!["i-1"]);
     // It only holds a node back: nothing is launched for it.
     let empty = snapshot().gaps("llama", 300.0, &[(400.0, 30)]);
     let d = decide(&empty, &c, at(window));

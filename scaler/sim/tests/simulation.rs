@@ -425,14 +425,24 @@ fn waits_are_split_into_warm_and_cold_and_cold_starts_counted() {
 
 #[test]
 fn a_removal_followed_by_a_launch_within_a_cold_start_is_a_flap() {
-    // zerospot removes its node after the idle window; a request 100 s later launches another: a flap.
-    let idle = zerospot_core::Timing::default().idle_window_s as f64;
-    let gap = 300.0 + idle + 100.0;
-    let w = trace(&[(0.0, 0, 9), (gap, 0, 9)]);
+    // zerospot removes its node once it has been idle for the idle window and, since one request shows
+    // no gap, the model silent for the thin-history hold; a request 100 s later launches another: a
+    // flap.
+    let timing = zerospot_core::Timing::default();
+    let removed_by = (300.0 + timing.idle_window_s as f64).max(timing.thin_history_hold_s as f64);
+    let w = trace(&[(0.0, 0, 9), (removed_by + 100.0, 0, 9)]);
     let report = run(&calm(w, &[PolicyKind::Zerospot]));
     let z = report.policy("zerospot").expect("zerospot");
     assert_eq!((z.scale_ups, z.scale_downs), (2, 2));
     assert!((z.flap_rate - 0.5).abs() < 1e-9, "{}", z.flap_rate);
+    // Within the hold the node waits for it: one launch, one removal at the end, no flap.
+    let w = trace(&[
+        (0.0, 0, 9),
+        (timing.thin_history_hold_s as f64 - 100.0, 0, 9),
+    ]);
+    let report = run(&calm(w, &[PolicyKind::Zerospot]));
+    let z = report.policy("zerospot").expect("zerospot");
+    assert_eq!((z.scale_ups, z.scale_downs, z.flap_rate), (1, 1, 0.0));
     // An hour later instead: no flap.
     let w = trace(&[(0.0, 0, 9), (3600.0, 0, 9)]);
     let report = run(&calm(w, &[PolicyKind::Zerospot]));

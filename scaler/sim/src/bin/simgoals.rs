@@ -3,7 +3,8 @@
 //! figures and each goal met or missed. Build with `--release`.
 //!
 //! Run: `cargo run --release -p zerospot-sim --bin simgoals -- [--markdown] [--seed N] [--idle-window S]
-//! [--headroom Z] [--keep-headroom Z] [--relaunch-risk P] [--relaunch-horizon S] [AZURE_CSV]`
+//! [--headroom Z] [--keep-headroom Z] [--relaunch-risk P] [--relaunch-horizon S] [--thin-hold S]
+//! [AZURE_CSV]`
 //! (default trace: the one committed in `scaler/sim/data/`). Exits 0 whether goals are met or not: it
 //! reports, it does not judge.
 
@@ -35,7 +36,7 @@ fn main() -> std::process::ExitCode {
                 }
             },
             "--idle-window" | "--headroom" | "--keep-headroom" | "--relaunch-risk"
-            | "--relaunch-horizon" => {
+            | "--relaunch-horizon" | "--thin-hold" => {
                 let Some(v) = args.next().and_then(|s| s.parse::<f64>().ok()) else {
                     eprintln!("simgoals: {a} needs a number");
                     return std::process::ExitCode::from(2);
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
                     "--headroom" => timing.headroom = v,
                     "--keep-headroom" => timing.keep_headroom = v,
                     "--relaunch-horizon" => timing.relaunch_horizon_s = v as u64,
+                    "--thin-hold" => timing.thin_history_hold_s = v as u64,
                     _ => timing.relaunch_risk = v,
                 }
             }
