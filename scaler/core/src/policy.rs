@@ -92,8 +92,8 @@ pub struct Timing {
     /// 2026-11-30 and Knative's 60 s scale-down delay modelled, 0.0-0.6 meet 104-105 and 1.0 103: the
     /// pods Knative keeps a minute serve as headroom too. Default 0.5 since
     /// [`Timing::thin_history_hold_s`] and the return risk's memoryless tail: seeds 1-4 meet 106 goals
-    /// at 0.25 and 0.5, 104 at 0.75, 103 at 1.0; seeds 5-8, never used to choose a default, 102, 102,
-    /// 103 and 102. The dense warm p95 on seeds 1-8 is 5.7-11.8 s at 0.5 and 5.0-14.8 s at 1.0: a
+    /// at 0.25 and 0.5, 104 at 0.75 and 1.0; seeds 5-8, never used to choose a default, 104, 104, 105
+    /// and 104. The dense warm p95 on seeds 1-8 is 5.7-11.8 s at 0.5 and 5.0-14.8 s at 1.0: a
     /// third node of headroom was mostly removed and launched again on p = 0.1 (seeds 3 and 4 cost
     /// 1.18x and 1.17x the bound at 1.0, 1.09x and 1.15x at 0.5).
     pub headroom: f64,
@@ -128,7 +128,7 @@ pub struct Timing {
     /// Without it such a model counted as gone at once: with `simgoals`, a model that had sent one or
     /// two requests left the pool to its other model's odds, the last node went, and the thin model's
     /// next request came within a cold start (x10 stretched, seeds 1, 3, 7 and 8). With `simgoals
-    /// --thin-hold`, seeds 1-8 meet 205 goals without the hold (0), 207 at 510 s, 208 at 765 s and
+    /// --thin-hold`, seeds 1-8 meet 206 goals without the hold (0), 208 at 510 s, 210 at 765 s and
     /// 1,020 s. 0 turns the hold off.
     pub thin_history_hold_s: u64,
 }
