@@ -874,7 +874,7 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
         &format!(", demand_namespace: {}", s.namespace),
     );
     let _scaler = start_scaler(s.bed, &s.aws, &s.config(60, 600)).await;
-    let _dispatcher = start_dispatcher(&s, &config).await;
+    let dispatcher = start_dispatcher(&s, &config).await;
     // Before any request, a record that names no model: the scaler knows the dispatcher is there.
     let configmaps = Api::<ConfigMap>::namespaced(s.kube.clone(), &s.namespace);
     eventually(
@@ -980,6 +980,44 @@ async fn the_dispatcher_publishes_demand_estimates_and_the_scaler_s_observation_
         "{:?}",
         observation.notes
     );
+
+    // A new dispatcher (a rollout, a crash) resumes from that record before it publishes: the gaps and
+    // the last arrival carry on; nothing is counted twice and nothing starts blind.
+    drop(dispatcher);
+    let last = eventually(
+        "the stopped dispatcher's last record",
+        Duration::from_secs(5),
+        || async { published_demand(&configmaps).await },
+    )
+    .await
+    .unwrap()
+    .2;
+    let restarted_at = Utc::now();
+    let _again = start_dispatcher(&s, &config).await;
+    let (_, text, resumed) = eventually(
+        "a record from the new dispatcher",
+        Duration::from_secs(25),
+        || async {
+            let (cm, text, record) = published_demand(&configmaps).await?;
+            if record.observed_at > restarted_at {
+                Ok((cm, text, record))
+            } else {
+                Err(format!("still the old one: {text}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.models.len(), 1, "{text}");
+    let after = &resumed.models[0];
+    let before = &last.models[0];
+    assert_eq!(after.model, "llama");
+    assert_eq!(after.gaps, before.gaps, "{text}");
+    let between = (resumed.observed_at - last.observed_at).num_milliseconds() as f64 / 1000.0;
+    let carried = after.silent_for_s.unwrap() - before.silent_for_s.unwrap();
+    assert!((carried - between).abs() < 1e-3, "{carried} vs {between}");
+    let service = after.service_time_s.unwrap();
+    assert!(service < 4.0, "the service time carries on: {service}");
 }
 
 #[tokio::test]

@@ -931,12 +931,15 @@ async fn rbac_grants_each_identity_exactly_the_calls_its_code_makes() {
         ask("watch", "pods", None),
         ask("patch", DEMAND, Some("zerospot")), // server-side apply of the demand estimates
         ask("create", "configmaps", Some("zerospot")), // its first apply (no resourceNames for create)
+        ask("get", DEMAND, Some("zerospot")),          // resuming from the earlier record at start
     ];
     let dispatcher_denied = [
         ask("patch", "configmaps/someone-else", Some("zerospot")),
         ask("update", DEMAND, Some("zerospot")),
         ask("delete", DEMAND, Some("zerospot")),
         ask("get", "configmaps/someone-else", Some("zerospot")),
+        ask("list", "configmaps", Some("zerospot")),
+        ask("get", DEMAND, Some("models")),
         ask("create", "configmaps", Some("models")),
         ask("patch", DEMAND, Some("models")),
         ask("delete", "nodes", None),

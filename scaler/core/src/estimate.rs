@@ -91,6 +91,20 @@ impl DecayingRate {
         self.count * (-(t - self.at).max(0.0) / self.window_s).exp()
     }
 
+    /// A rate over `window_s` (with `prior_s`, as [`DecayingRate::new`]) that reads `per_s` at `at`, as
+    /// if events at that rate had been counted for long before, and decays from there. A rate that is
+    /// not finite and non-negative, or a time that is not finite, gives the empty estimate.
+    pub fn seeded(window_s: f64, prior_s: f64, per_s: f64, at: f64) -> Self {
+        let mut r = DecayingRate::new(window_s, prior_s);
+        if per_s.is_finite() && per_s > 0.0 && at.is_finite() {
+            // Long observed: the decayed time observed is the whole window.
+            r.count = per_s * (r.window_s + r.prior_s);
+            r.at = at;
+            r.first = Some(at - 100.0 * r.window_s);
+        }
+        r
+    }
+
     /// Events per second at `t`: the decayed count over the decayed time observed (plus the prior), so
     /// a young estimate is not diluted by time before its first event. 0 before any event.
     pub fn per_s(&self, t: f64) -> f64 {
@@ -188,6 +202,20 @@ impl DecayingMean {
 
     fn fade(&self, t: f64) -> f64 {
         (-(t - self.at).max(0.0) / self.memory_s).exp()
+    }
+
+    /// A mean (as [`DecayingMean::new`]) that reads `mean` at `at`, carried by the weight of one sample,
+    /// so that it returns to the prior as one sample would fade. A mean that is not finite and
+    /// non-negative, or a time that is not finite, gives the prior alone.
+    pub fn seeded(memory_s: f64, prior: f64, mean: f64, at: f64) -> Self {
+        let mut m = DecayingMean::new(memory_s, prior);
+        if mean.is_finite() && mean >= 0.0 && at.is_finite() {
+            // (sum + prior) / (1 + 1) = mean at `at`.
+            m.sum = 2.0 * mean - prior;
+            m.count = 1.0;
+            m.at = at;
+        }
+        m
     }
 
     /// The mean at `t`.
@@ -326,7 +354,9 @@ impl GapHistogram {
         let within = within_s.max(0.0);
         let mut longer = self.longer_than(silent);
         let mut ending = longer - self.longer_than(silent + within);
-        if let Some(mean) = self.mean_s().filter(|m| *m > 0.0) {
+        // The mean is at least half a second here (the first bucket's middle); were it 0, the tail
+        // would be 0 or NaN and lose the comparison below.
+        if let Some(mean) = self.mean_s() {
             let tail = self.total() * (-silent / mean).exp();
             if longer < 1.0 && tail > longer {
                 longer = tail;
@@ -358,6 +388,35 @@ impl DemandEstimate {
             gaps: GapHistogram::default(),
             last: None,
         }
+    }
+
+    /// Resumes the estimate that [`DemandEstimate::fill`] published as `published` at `at` (the record's
+    /// time, on the same clock), so that a restarted publisher does not start blind: the gaps and the
+    /// last arrival as they were, the recent rate, its peak and the service time reading what was
+    /// published at `at` and fading from there. A field missing or not a valid figure starts empty, as
+    /// in [`DemandEstimate::new`] with `prior_service_s`.
+    pub fn resume(published: &ModelDemand, at: f64, prior_service_s: f64) -> Self {
+        let mut e = DemandEstimate::new(prior_service_s);
+        if !at.is_finite() {
+            return e;
+        }
+        if let Some(rate) = published.arrival_rate_per_s {
+            e.recent = DecayingRate::seeded(RECENT_WINDOW_S, RATE_PRIOR_S, rate, at);
+        }
+        if let Some(peak) = published.peak_rate_per_s.filter(|p| *p >= 0.0) {
+            e.peak.record(at, peak);
+        }
+        if let Some(service) = published.service_time_s {
+            e.service = DecayingMean::seeded(SERVICE_MEMORY_S, prior_service_s, service, at);
+        }
+        if let Some(gaps) = &published.gaps {
+            e.gaps = gaps.clone();
+        }
+        e.last = published
+            .silent_for_s
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| at - s);
+        e
     }
 
     /// A request arrived at `t`. An arrival older than the latest one seen counts in the rate (at its
@@ -676,6 +735,93 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_estimate_publishes_what_it_was_resumed_from_and_fades_from_there() {
+        let mut e = DemandEstimate::new(5.0);
+        for i in 0..30 {
+            e.arrived(f64::from(i) * 7.0);
+            e.completed(f64::from(i) * 7.0 + 2.0, 1.5);
+        }
+        let at = 220.0;
+        let mut before = ModelDemand::default();
+        e.fill(at, &mut before);
+        let resumed = DemandEstimate::resume(&before, at, 5.0);
+        let mut after = ModelDemand::default();
+        resumed.fill(at, &mut after);
+        assert_eq!(after.gaps, before.gaps);
+        assert_eq!(after.silent_for_s, before.silent_for_s);
+        for (a, b) in [
+            (after.arrival_rate_per_s, before.arrival_rate_per_s),
+            (after.peak_rate_per_s, before.peak_rate_per_s),
+            (after.service_time_s, before.service_time_s),
+        ] {
+            assert!(close(a.unwrap(), b.unwrap()), "{a:?} vs {b:?}");
+        }
+        // Later: the silence grows, the rate decays as the original's would, the service time heads
+        // back to the prior, the peak is forgotten after its window.
+        let later = at + 120.0;
+        let (mut orig, mut res) = (ModelDemand::default(), ModelDemand::default());
+        e.fill(later, &mut orig);
+        resumed.fill(later, &mut res);
+        assert_eq!(res.silent_for_s, Some(before.silent_for_s.unwrap() + 120.0));
+        let (r0, r1) = (
+            orig.arrival_rate_per_s.unwrap(),
+            res.arrival_rate_per_s.unwrap(),
+        );
+        // Within a few percent: the original had been counting for 220 s, the resumed one as if for ever.
+        assert!(
+            r1 < before.arrival_rate_per_s.unwrap() && (r1 - r0).abs() < 0.05 * r0,
+            "{r1} vs {r0}"
+        );
+        let s1 = res.service_time_s.unwrap();
+        assert!(s1 > before.service_time_s.unwrap() && s1 < 5.0, "{s1}");
+        let mut gone = ModelDemand::default();
+        resumed.fill(at + PEAK_WINDOW_S + PEAK_BUCKET_S, &mut gone);
+        assert_eq!(gone.peak_rate_per_s, gone.arrival_rate_per_s);
+        // It goes on counting: the next arrival adds a gap of its silence.
+        let mut next = resumed.clone();
+        next.arrived(later);
+        assert!(close(
+            next.gaps().total(),
+            before.gaps.as_ref().unwrap().total() * (1.0 - 1.0 / GAP_MEMORY) + 1.0
+        ));
+        assert_eq!(next.silent_for_s(later), Some(0.0));
+    }
+
+    #[test]
+    fn resuming_from_missing_or_bad_figures_starts_empty_where_they_are_bad() {
+        let fresh = DemandEstimate::new(5.0);
+        assert_eq!(
+            DemandEstimate::resume(&ModelDemand::default(), 100.0, 5.0),
+            fresh
+        );
+        let bad = ModelDemand {
+            arrival_rate_per_s: Some(f64::NAN),
+            peak_rate_per_s: Some(-1.0),
+            service_time_s: Some(f64::INFINITY),
+            silent_for_s: Some(-3.0),
+            ..ModelDemand::default()
+        };
+        assert_eq!(DemandEstimate::resume(&bad, 100.0, 5.0), fresh);
+        let good = ModelDemand {
+            arrival_rate_per_s: Some(0.5),
+            service_time_s: Some(2.0),
+            silent_for_s: Some(3.0),
+            ..ModelDemand::default()
+        };
+        assert_eq!(DemandEstimate::resume(&good, f64::NAN, 5.0), fresh);
+        let r = DemandEstimate::resume(&good, 100.0, 5.0);
+        assert!(close(r.recent_per_s(100.0), 0.5));
+        assert!(close(r.service_s(100.0), 2.0));
+        assert_eq!(r.silent_for_s(100.0), Some(3.0));
+        // A rate of zero is no rate.
+        let zero = ModelDemand {
+            arrival_rate_per_s: Some(0.0),
+            ..ModelDemand::default()
+        };
+        assert_eq!(DemandEstimate::resume(&zero, 100.0, 5.0), fresh);
+    }
+
+    #[test]
     fn a_silence_just_past_the_few_gaps_seen_still_reads_as_a_return_by_their_mean() {
         // Thirteen gaps of 40-250 s (mean about 110 s), as a sparse model shows in its first half hour.
         let mut h = GapHistogram::default();
@@ -693,6 +839,21 @@ mod tests {
         let expected = tail * (1.0 - (-510.0 / mean).exp()) / (tail + GAP_STOP_PRIOR);
         assert!(close(risk, expected), "{risk} vs {expected}");
         assert!(risk > 0.3, "{risk}");
+        // With exactly one gap beyond the silence, the histogram still speaks: 30 gaps of 100 s and one
+        // of 300 s (the newest, weighing exactly 1), silent 256 s, where the 300 s gap's bucket starts.
+        let mut one = GapHistogram::default();
+        for _ in 0..30 {
+            one.record(100.0);
+        }
+        one.record(300.0);
+        assert!(close(one.longer_than(256.0), 1.0));
+        let m = one.mean_s().unwrap();
+        assert!(
+            one.total() * (-256.0 / m).exp() > 1.5,
+            "the tail would be heavier"
+        );
+        let empirical = (1.0 - one.longer_than(766.0)) / (1.0 + GAP_STOP_PRIOR);
+        assert!(close(one.return_risk(256.0, 510.0).unwrap(), empirical));
         // Ten mean gaps later the tail is gone.
         let gone = h.return_risk(279.0 + 10.0 * mean, 510.0).unwrap();
         assert!(gone < 0.01, "{gone}");

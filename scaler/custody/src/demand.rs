@@ -11,13 +11,19 @@
 //! silence and service time from it (`zerospot_effects::observe`). A failed write is logged and tried
 //! again on the next tick; it never stops dispatching. Without a cluster nothing is published.
 //!
+//! A restarted dispatcher resumes from the record it finds there before it publishes its first
+//! ([`resume_from_published`]): the gaps between arrivals, the last arrival, the recent and peak rates
+//! and the service time carry on ([`DemandEstimate::resume`]), so the scaler's relaunch guard does not
+//! go blind after every rollout or crash. Without a record (or one it cannot read) it starts empty.
+//!
 //! Limits: an arrival is seen when the dispatcher receives the request, so requests held in SQS while
 //! no pod is Ready are counted only once capacity comes (the scaler sizes cold starts from the queue
-//! depth, which it reads itself); the estimates start empty when the dispatcher restarts.
+//! depth, which it reads itself); arrivals while no dispatcher runs are not counted, so a gap then
+//! reads as the silence it was.
 //!
 //! # RBAC it needs
-//! configmaps: `patch` on `zerospot-demand` and `create` (which Kubernetes cannot limit to one name) in
-//! `dispatcher.demand_namespace`; server-side apply reads nothing.
+//! configmaps: `get` and `patch` on `zerospot-demand` and `create` (which Kubernetes cannot limit to
+//! one name) in `dispatcher.demand_namespace`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -78,6 +84,28 @@ impl Estimates {
     /// A request for `model` finished at `at` after holding its lane `took_s` seconds.
     pub fn completed(&self, model: &str, at: DateTime<Utc>, took_s: f64) {
         self.with(model, |e| e.completed(unix_s(at), took_s));
+    }
+
+    /// Resumes every model of `record` (a record this dispatcher or an earlier one published) that has
+    /// no estimate yet ([`DemandEstimate::resume`] at the record's time). Returns how many it resumed.
+    pub fn resume(&self, record: &PublishedDemand) -> usize {
+        let mut m = self
+            .models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = unix_s(record.observed_at);
+        let mut resumed = 0;
+        for d in &record.models {
+            if d.model.is_empty() || m.contains_key(&d.model) {
+                continue;
+            }
+            m.insert(
+                d.model.clone(),
+                DemandEstimate::resume(d, at, PRIOR_SERVICE_S),
+            );
+            resumed += 1;
+        }
+        resumed
     }
 
     /// The record to publish at `now`: every model seen so far, only its estimate fields filled. Before
@@ -150,8 +178,56 @@ pub async fn publish_once(
     Ok(())
 }
 
-/// Publishes `estimates` every [`PUBLISH_INTERVAL`] (the first at once, naming no model until one was
-/// seen) until `shutdown` turns true. Failures are logged and retried on the next tick.
+/// How long the first read of the earlier record may take before the dispatcher starts without it.
+pub const RESUME_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the record in the ConfigMap, if there is one and it can be read, and resumes `estimates` from
+/// it. Never fails: a missing ConfigMap, a bad record or an API error (logged) leave them as they are.
+/// Returns how many models it resumed.
+pub async fn resume_from_published(api: &Api<ConfigMap>, estimates: &Estimates) -> usize {
+    let cm = match tokio::time::timeout(RESUME_TIMEOUT, api.get_opt(names::CONFIGMAP_DEMAND)).await
+    {
+        Ok(Ok(Some(cm))) => cm,
+        Ok(Ok(None)) => {
+            tracing::info!("no earlier demand record; the estimates start empty");
+            return 0;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the earlier demand record failed; the estimates start empty");
+            return 0;
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = RESUME_TIMEOUT.as_secs(),
+                "reading the earlier demand record timed out; the estimates start empty"
+            );
+            return 0;
+        }
+    };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(names::DEMAND_KEY)) else {
+        tracing::warn!("the demand ConfigMap has no record; the estimates start empty");
+        return 0;
+    };
+    match PublishedDemand::parse(text) {
+        Ok(record) => {
+            let resumed = estimates.resume(&record);
+            tracing::info!(
+                resumed,
+                observed_at = %record.observed_at,
+                "demand estimates resumed from the earlier record"
+            );
+            resumed
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the earlier demand record cannot be read; the estimates start empty");
+            0
+        }
+    }
+}
+
+/// Resumes from the earlier record ([`resume_from_published`]), then publishes `estimates` every
+/// [`PUBLISH_INTERVAL`] (the first at once, naming no model until one was seen) until `shutdown` turns
+/// true. Failures are logged and retried on the next tick.
 pub async fn publish(
     client: kube::Client,
     namespace: String,
@@ -159,6 +235,7 @@ pub async fn publish(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    resume_from_published(&api, &state.estimates).await;
     let mut last: Option<std::time::Instant> = None;
     while !*shutdown.borrow() {
         let due = last.is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL);
@@ -232,5 +309,40 @@ mod tests {
         assert_eq!(cm.metadata.name.as_deref(), Some(names::CONFIGMAP_DEMAND));
         let text = &cm.data.unwrap()[names::DEMAND_KEY];
         assert_eq!(PublishedDemand::parse(text).unwrap(), record);
+    }
+
+    #[test]
+    fn a_new_dispatcher_resumes_the_models_of_an_earlier_record_and_keeps_its_own() {
+        let earlier = Estimates::default();
+        for i in 0..10 {
+            earlier.arrived("llama", at(i * 3), 1);
+            earlier.arrived("qwen", at(i * 7), 1);
+        }
+        earlier.completed("llama", at(28), 2.0);
+        let record = earlier.record(at(70));
+
+        let new = Estimates::default();
+        // One model already seen by the new dispatcher keeps its own estimate.
+        assert!(new.arrived("qwen", at(75), 1));
+        assert_eq!(new.resume(&record), 1);
+        assert_eq!(new.resume(&record), 0, "resuming twice changes nothing");
+        let now = new.record(at(80));
+        let llama = now.models.iter().find(|m| m.model == "llama").unwrap();
+        let before = record.models.iter().find(|m| m.model == "llama").unwrap();
+        assert_eq!(llama.gaps, before.gaps);
+        assert_eq!(
+            llama.silent_for_s,
+            Some(before.silent_for_s.unwrap() + 10.0),
+            "the silence carries on"
+        );
+        let qwen = now.models.iter().find(|m| m.model == "qwen").unwrap();
+        assert_eq!(qwen.gaps.as_ref().map(|g| g.total()), Some(0.0));
+        assert_eq!(qwen.silent_for_s, Some(5.0));
+        // A nameless entry is skipped.
+        let nameless = PublishedDemand {
+            observed_at: at(0),
+            models: vec![ModelDemand::default()],
+        };
+        assert_eq!(Estimates::default().resume(&nameless), 0);
     }
 }
