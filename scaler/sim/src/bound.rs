@@ -193,7 +193,7 @@ pub fn lower_bound(
 ///    `c + sum of s_r / (slots x concurrency)`. The bound is the larger of 4 and 5.
 /// 6. *Large workloads.* Above [`BOUNDED_WAIT_EXACT_MAX`] requests the programme runs on blocks of
 ///    arrivals instead: the span is cut into that many equal blocks of `d` seconds, and a block's
-///    requests become one request that arrives at the block's start, may start up to `W + d` later
+///    requests become one request that arrives with the block's first, may start up to `W + d` later
 ///    and runs as long as the block's longest. Any schedule of the real requests serves the block's
 ///    request too (its longest request's run starts inside the wider window), so this relaxed
 ///    workload costs no more, and the bound on it is a bound on the real one, a little lower.
@@ -249,9 +249,9 @@ pub fn bounded_wait_lower_bound(
 pub const BOUNDED_WAIT_EXACT_MAX: usize = 20_000;
 
 /// `runs` (`(arrival, service)`, sorted by arrival) as they are when there are at most `max`, with the
-/// wait `w`; otherwise one run per non-empty block of `d = span / max` seconds, arriving at the block's
-/// start with the block's longest service, and the wait widened to `w + d` (step 6 of
-/// [`bounded_wait_lower_bound`]).
+/// wait `w`; otherwise one run per non-empty block of `d = span / max` seconds, arriving with the
+/// block's first request and lasting as long as its longest, and the wait widened to `w + d` (step 6
+/// of [`bounded_wait_lower_bound`]).
 fn blocks(runs: Vec<(f64, f64)>, w: f64, max: usize) -> (Vec<(f64, f64)>, f64) {
     let (Some(first), Some(last)) = (runs.first().map(|r| r.0), runs.last().map(|r| r.0)) else {
         return (runs, w);
@@ -260,15 +260,16 @@ fn blocks(runs: Vec<(f64, f64)>, w: f64, max: usize) -> (Vec<(f64, f64)>, f64) {
         return (runs, w);
     }
     let d = (last - first) / max as f64;
-    let mut out: Vec<(f64, f64)> = Vec::with_capacity(max + 1);
+    // (block, its first arrival, its longest service); each block arrives with its first request.
+    let mut out: Vec<(f64, f64, f64)> = Vec::with_capacity(max + 1);
     for (at, s) in runs {
-        let start = first + ((at - first) / d).floor() * d;
+        let block = ((at - first) / d).floor();
         match out.last_mut() {
-            Some(b) if b.0 == start => b.1 = b.1.max(s),
-            _ => out.push((start, s)),
+            Some(b) if b.0 == block => b.2 = b.2.max(s),
+            _ => out.push((block, at, s)),
         }
     }
-    (out, w + d)
+    (out.into_iter().map(|(_, at, s)| (at, s)).collect(), w + d)
 }
 
 #[cfg(test)]
@@ -436,6 +437,13 @@ mod tests {
         assert_eq!(
             blocks(runs, 300.0, 2),
             (vec![(0.0, 9.0), (7.0, 2.0)], 303.5)
+        );
+        // A block arrives with its first request, not at its edge: 0 to 6 s in blocks of 3 s, the
+        // second from 3.5 s.
+        let late = vec![(0.0, 1.0), (2.5, 3.0), (3.5, 2.0), (6.0, 1.0)];
+        assert_eq!(
+            blocks(late, 300.0, 2),
+            (vec![(0.0, 3.0), (3.5, 2.0), (6.0, 1.0)], 303.0)
         );
         assert_eq!(blocks(Vec::new(), 300.0, 2), (Vec::new(), 300.0));
         // Same arrival for all: nothing to cut.
