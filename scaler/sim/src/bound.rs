@@ -425,7 +425,10 @@ mod tests {
     fn the_lanes_bound_binds_when_many_requests_overlap() {
         // 40 requests of 100 s at once on 4 lanes: at least 1,000 node-seconds of serving.
         let rs: Vec<Request> = (0..40).map(|_| req(0.0, 100, 0)).collect();
-        assert_eq!(waiting_bound(rs, 4, 1, 300.0), C + 1000.0);
+        assert_eq!(waiting_bound(rs.clone(), 4, 1, 300.0), C + 1000.0);
+        // Lanes are slots times concurrency: 2 slots of 2 hold 4 at once too; 1 slot of 2 holds 2.
+        assert_eq!(waiting_bound(rs.clone(), 2, 2, 300.0), C + 1000.0);
+        assert_eq!(waiting_bound(rs, 1, 2, 300.0), C + 2000.0);
     }
 
     #[test]
@@ -444,6 +447,12 @@ mod tests {
         assert_eq!(
             blocks(late, 300.0, 2),
             (vec![(0.0, 3.0), (3.5, 2.0), (6.0, 1.0)], 303.0)
+        );
+        // Away from time 0: blocks of (1,006 - 1,000) / 2 = 3 s from the first arrival.
+        let shifted = vec![(1000.0, 1.0), (1002.5, 3.0), (1003.5, 2.0), (1006.0, 1.0)];
+        assert_eq!(
+            blocks(shifted, 300.0, 2),
+            (vec![(1000.0, 3.0), (1003.5, 2.0), (1006.0, 1.0)], 303.0)
         );
         assert_eq!(blocks(Vec::new(), 300.0, 2), (Vec::new(), 300.0));
         // Same arrival for all: nothing to cut.

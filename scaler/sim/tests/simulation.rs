@@ -95,6 +95,11 @@ fn nothing_that_keeps_the_wait_limit_costs_less_than_the_waiting_bound() {
         let report = run(&synthetic(2_500, seed, time_scale));
         let waiting = report.bounded_wait_bound_usd;
         assert!(waiting > 0.0);
+        let line = format!(
+            "lower bound on any policy with no wait over {:.0} s: ${waiting:.2}",
+            report.bounded_wait_s
+        );
+        assert!(report.table().contains(&line), "{}", report.table());
         assert!(
             waiting <= report.lower_bound_usd + 1e-9,
             "seed {seed}: waiting bound {waiting} over the zero-wait bound {}",
