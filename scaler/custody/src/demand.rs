@@ -18,8 +18,8 @@
 //!
 //! Limits: an arrival is seen when the dispatcher receives the request, so requests held in SQS while
 //! no pod is Ready are counted only once capacity comes (the scaler sizes cold starts from the queue
-//! depth, which it reads itself); arrivals while no dispatcher runs are not counted, so a gap then
-//! reads as the silence it was.
+//! depth, which it reads itself). Requests sent while no dispatcher runs count when one receives
+//! them, at their `SentTimestamp`, so after a resume their gaps are those they had.
 //!
 //! # RBAC it needs
 //! configmaps: `get` and `patch` on `zerospot-demand` and `create` (which Kubernetes cannot limit to
