@@ -96,9 +96,10 @@ impl DecayingRate {
     /// not finite and non-negative, or a time that is not finite, gives the empty estimate.
     pub fn seeded(window_s: f64, prior_s: f64, per_s: f64, at: f64) -> Self {
         let mut r = DecayingRate::new(window_s, prior_s);
-        if per_s.is_finite() && per_s > 0.0 && at.is_finite() {
-            // Long observed: the decayed time observed is the whole window.
-            r.count = per_s * (r.window_s + r.prior_s);
+        // Long observed: the decayed time observed is the whole window.
+        let count = per_s * (r.window_s + r.prior_s);
+        if count.is_finite() && per_s > 0.0 && at.is_finite() {
+            r.count = count;
             r.at = at;
             r.first = Some(at - 100.0 * r.window_s);
         }
@@ -209,9 +210,10 @@ impl DecayingMean {
     /// non-negative, or a time that is not finite, gives the prior alone.
     pub fn seeded(memory_s: f64, prior: f64, mean: f64, at: f64) -> Self {
         let mut m = DecayingMean::new(memory_s, prior);
-        if mean.is_finite() && mean >= 0.0 && at.is_finite() {
-            // (sum + prior) / (1 + 1) = mean at `at`.
-            m.sum = 2.0 * mean - prior;
+        // (sum + prior) / (1 + 1) = mean at `at`; a sum that overflows would later fade to NaN.
+        let sum = 2.0 * mean - prior;
+        if sum.is_finite() && mean >= 0.0 && at.is_finite() {
+            m.sum = sum;
             m.count = 1.0;
             m.at = at;
         }
@@ -802,6 +804,15 @@ mod tests {
             ..ModelDemand::default()
         };
         assert_eq!(DemandEstimate::resume(&bad, 100.0, 5.0), fresh);
+        // Figures too large to carry (they would overflow and fade to NaN) are dropped too.
+        let huge = ModelDemand {
+            arrival_rate_per_s: Some(f64::MAX),
+            service_time_s: Some(f64::MAX),
+            ..ModelDemand::default()
+        };
+        let h = DemandEstimate::resume(&huge, 100.0, 5.0);
+        assert_eq!(h, fresh);
+        assert!(h.service_s(1e9).is_finite() && h.recent_per_s(1e9).is_finite());
         let good = ModelDemand {
             arrival_rate_per_s: Some(0.5),
             service_time_s: Some(2.0),
