@@ -185,13 +185,11 @@ pub const RESUME_TIMEOUT: Duration = Duration::from_secs(5);
 /// it. Never fails: a missing ConfigMap, a bad record or an API error (logged) leave them as they are.
 /// Returns how many models it resumed.
 pub async fn resume_from_published(api: &Api<ConfigMap>, estimates: &Estimates) -> usize {
-    let cm = match tokio::time::timeout(RESUME_TIMEOUT, api.get_opt(names::CONFIGMAP_DEMAND)).await
+    // Read as the scaler reads it (`zerospot_controller`'s poll): no ConfigMap and no key are alike.
+    let text = match tokio::time::timeout(RESUME_TIMEOUT, api.get_opt(names::CONFIGMAP_DEMAND))
+        .await
     {
-        Ok(Ok(Some(cm))) => cm,
-        Ok(Ok(None)) => {
-            tracing::info!("no earlier demand record; the estimates start empty");
-            return 0;
-        }
+        Ok(Ok(found)) => found.and_then(|cm| cm.data?.remove(names::DEMAND_KEY)),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading the earlier demand record failed; the estimates start empty");
             return 0;
@@ -204,11 +202,11 @@ pub async fn resume_from_published(api: &Api<ConfigMap>, estimates: &Estimates) 
             return 0;
         }
     };
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get(names::DEMAND_KEY)) else {
-        tracing::warn!("the demand ConfigMap has no record; the estimates start empty");
+    let Some(text) = text else {
+        tracing::info!("no earlier demand record; the estimates start empty");
         return 0;
     };
-    match PublishedDemand::parse(text) {
+    match PublishedDemand::parse(&text) {
         Ok(record) => {
             let resumed = estimates.resume(&record);
             tracing::info!(

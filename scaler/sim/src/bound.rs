@@ -211,17 +211,7 @@ pub fn bounded_wait_lower_bound(
     }
     let c = cloud.cold_start_min_s();
     let w = max_wait_s.max(0.0);
-    let mut runs: Vec<(f64, f64)> = workload
-        .requests
-        .iter()
-        .map(|r| {
-            (
-                r.at,
-                serving.service_s(r.prompt_tokens, r.generated_tokens, 1),
-            )
-        })
-        .collect();
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let runs = runs_by_arrival(workload, serving);
     let lanes = f64::from(serving.slots_per_gpu.max(1)) * f64::from(serving.pod_concurrency.max(1));
     let work: f64 = runs.iter().map(|r| r.1).sum();
     let (runs, w) = blocks(runs, w, BOUNDED_WAIT_EXACT_MAX);
@@ -242,6 +232,22 @@ pub fn bounded_wait_lower_bound(
         }
     }
     best[n].max(c + work / lanes)
+}
+
+/// Each request's `(arrival, service time alone on a GPU)`, sorted by arrival.
+fn runs_by_arrival(workload: &Workload, serving: &Serving) -> Vec<(f64, f64)> {
+    let mut runs: Vec<(f64, f64)> = workload
+        .requests
+        .iter()
+        .map(|r| {
+            (
+                r.at,
+                serving.service_s(r.prompt_tokens, r.generated_tokens, 1),
+            )
+        })
+        .collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs
 }
 
 /// Up to this many requests [`bounded_wait_lower_bound`] solves its programme exactly, `O(n^2)` (the
@@ -471,17 +477,7 @@ mod tests {
         let cloud = Cloud::new(INSTANCE_TYPES[1]);
         let w = workload(rs, 1);
         let exact = bounded_wait_lower_bound(&w, &cloud, &serving(4, 1), 300.0);
-        let mut sorted: Vec<(f64, f64)> = w
-            .requests
-            .iter()
-            .map(|r| {
-                (
-                    r.at,
-                    serving(4, 1).service_s(r.prompt_tokens, r.generated_tokens, 1),
-                )
-            })
-            .collect();
-        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let sorted = runs_by_arrival(&w, &serving(4, 1));
         // Blocks of 500, 100 and 33.3 s, each cut finer than the one before: the bound rises towards
         // the exact one.
         let mut previous = 0.0;

@@ -274,10 +274,9 @@ pub(crate) struct Cluster<'w> {
     pub demand_signal: DemandSignal,
     /// How waiting requests reach Knative.
     pub intake: Intake,
-    /// Knative's target utilisation for this policy's revisions.
-    pub target_utilization: f64,
-    /// Knative's scale-down delay for this policy's revisions, seconds.
-    pub scale_down_delay_s: f64,
+    /// Knative's autoscaler settings for this policy's revisions (the cluster's, with a policy's own
+    /// target utilisation and scale-down delay where it sets them).
+    pub knative: KnativeParams,
     /// One Pod Autoscaler per model.
     pub kpa: Vec<Kpa>,
     /// Cold requests waiting per model.
@@ -366,8 +365,7 @@ impl<'w> Cluster<'w> {
             pod_scaling,
             demand_signal: DemandSignal::Queued,
             intake: Intake::Activator,
-            target_utilization: p.knative.target_utilization,
-            scale_down_delay_s: p.knative.scale_down_delay_s,
+            knative: p.knative,
             kpa: vec![Kpa::default(); models],
             cold_queued: vec![0; models],
             cold_since: vec![0.0; models],
@@ -705,11 +703,7 @@ impl<'w> Cluster<'w> {
     /// One Pod Autoscaler decision for every model, and the pods it asks for.
     pub fn knative_tick(&mut self) {
         let conc = self.p.serving.pod_concurrency.max(1);
-        let params = KnativeParams {
-            target_utilization: self.target_utilization,
-            scale_down_delay_s: self.scale_down_delay_s,
-            ..self.p.knative
-        };
+        let params = self.knative;
         for m in 0..self.models {
             let observed = self.knative_observed(m);
             let ready = self.pods_ready[m];
@@ -727,13 +721,8 @@ impl<'w> Cluster<'w> {
         if observed <= 0.0 {
             return;
         }
-        let params = KnativeParams {
-            target_utilization: self.target_utilization,
-            scale_down_delay_s: self.scale_down_delay_s,
-            ..self.p.knative
-        };
         let conc = self.p.serving.pod_concurrency.max(1);
-        let want = self.kpa[m].wake(observed, conc, &params);
+        let want = self.kpa[m].wake(observed, conc, &self.knative);
         self.add_pending(m, want);
     }
 

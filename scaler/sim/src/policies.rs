@@ -754,8 +754,8 @@ impl Controller {
                 let tick_s = params.zerospot_tick_s.max(0.1);
                 c.set_demand_signal(params.zerospot_demand);
                 c.intake = Intake::Dispatcher;
-                c.target_utilization = params.zerospot_knative_utilization;
-                c.scale_down_delay_s = params.zerospot_knative_scale_down_delay_s;
+                c.knative.target_utilization = params.zerospot_knative_utilization;
+                c.knative.scale_down_delay_s = params.zerospot_knative_scale_down_delay_s;
                 c.schedule(tick_s, Ev::Tick(TICK_ZEROSPOT));
                 Controller::Zerospot(Box::new(ZerospotCtl {
                     config,
