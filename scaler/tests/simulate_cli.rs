@@ -40,6 +40,9 @@ fn simulate_json_reports_every_policy_with_the_documented_fields() {
         .as_f64()
         .expect("bounded_wait_bound_usd");
     assert!(waiting > 0.0 && waiting <= bound);
+    let flaps = doc["flap_bound_usd"].as_f64().expect("flap_bound_usd");
+    assert!(flaps >= waiting, "{flaps} under {waiting}");
+    assert!(doc["flap_bound_per_interruption_usd"].as_f64().is_some());
     assert_eq!(doc["workload_class"], "other");
     let goals: Vec<&str> = doc["goals"]
         .as_array()
@@ -69,6 +72,7 @@ fn simulate_json_reports_every_policy_with_the_documented_fields() {
             p["completed"].as_u64().unwrap_or(0)
         );
         assert!(p["cold_starts"].as_u64().is_some());
+        assert!(p["swaps"].as_u64().is_some() && p["on_demand_launches"].as_u64().is_some());
         let flap = p["flap_rate"].as_f64().expect("flap_rate");
         assert!((0.0..=1.0).contains(&flap));
     }

@@ -234,6 +234,166 @@ pub fn bounded_wait_lower_bound(
     best[n].max(c + work / lanes)
 }
 
+/// A provable lower bound on what a policy pays that meets the sparse goals' wait and flap limits
+/// together, for a class of policies stated exactly: it is what [`flap_aware_lower_bound`] returns.
+/// [`FlapBound::node_seconds`] gives it for a number of Spot interruptions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlapBound {
+    /// `(lambda, D(lambda))` for each multiplier tried: `lambda` in node-seconds per flap, `D` the
+    /// programme's minimum (step 6 of [`flap_aware_lower_bound`]).
+    duals: Vec<(f64, f64)>,
+    /// The lanes bound (step 5 of [`bounded_wait_lower_bound`]), which holds for any policy.
+    lanes: f64,
+    /// The largest multiplier the argument allows, node-seconds per flap.
+    lambda_max: f64,
+}
+
+impl FlapBound {
+    /// The bound, node-seconds, on policies that suffer at most `interruptions` Spot interruptions
+    /// (each can spare a policy one flap): the best of `D(lambda) - lambda x interruptions` over the
+    /// multipliers tried, and the lanes bound.
+    pub fn node_seconds(&self, interruptions: u32) -> f64 {
+        let k = f64::from(interruptions);
+        self.duals
+            .iter()
+            .map(|(lambda, d)| d - lambda * k)
+            .fold(self.lanes, f64::max)
+    }
+
+    /// The most one interruption can lower [`FlapBound::node_seconds`], node-seconds.
+    pub fn per_interruption(&self) -> f64 {
+        self.lambda_max
+    }
+}
+
+/// Up to this many requests [`flap_aware_lower_bound`] is computed (`O(n^2)` per multiplier, 31
+/// multipliers: 1,900 requests take about 0.1 s); above it, it is not (dense traffic, where the
+/// sparse goals do not apply).
+pub const FLAP_BOUND_MAX_REQUESTS: usize = 5_000;
+
+/// Multipliers [`flap_aware_lower_bound`] tries, evenly from 0 to the largest its argument allows.
+const FLAP_BOUND_MULTIPLIERS: u32 = 30;
+
+/// A provable lower bound on what a policy pays for `workload` when it keeps, at once, the sparse
+/// goals' wait limit (`max_wait_s`) and flap limit (`max_flap_rate` of its removals followed by a
+/// launch in the same pool within one cold start), for the class of policies that
+///
+/// - (a) *guarantee* the wait limit: whatever boot times in `[boot_min, boot_max]` the cloud picks,
+///   independently of the rest, no request waits longer (a policy cannot know a boot time before
+///   the node is up; one that meets the limit only when boots are short is lucky, not designed);
+/// - (b) launch Spot nodes only (zerospot turns to on-demand only after Spot capacity failures);
+/// - (c) never remove a node while another node of its pool that was launched less than the billing
+///   minimum (60 s) earlier runs: no *swap* of an old node for a new one. Without (c) the flap rate
+///   could be diluted for free: a policy that swapped its node now and then would add removals that
+///   are never flaps, and no bound could use the flap limit at all;
+/// - and suffer at most `K` Spot interruptions ([`FlapBound::node_seconds`]).
+///
+/// `None` above [`FLAP_BOUND_MAX_REQUESTS`] requests, when `max_wait_s` is below the longest cold
+/// start (no policy guarantees it), or when `max_flap_rate` is not above 0.
+///
+/// # The argument
+/// Let `c` be the minimum cold start, `C` the longest (the flap window), `W = max_wait_s`, `m` the
+/// billing minimum, `rho = max_flap_rate`, and `s_r` request `r`'s service time alone on a GPU.
+/// Episodes are as in [`bounded_wait_lower_bound`]: the maximal intervals when a node is billed.
+///
+/// 1. *A guaranteed wait launches an episode at most `W - C` after its first request.* Let episode
+///    `E` start with a launch at `L` and `f` be the first arrival it serves. Change only the boots of
+///    nodes launched at or after `L` to the longest: nothing the policy sees differs before `L + c`,
+///    every earlier node is gone by `L` as in the real run, and `f`, not served before `L`, is served
+///    on a node launched at or after `L`, ready no earlier than `L + C`. By (a) that is by `a_f + W`,
+///    so `L <= a_f + W - C`.
+/// 2. *An episode serving the set `S` costs at least `c + max over r in S of (s_r + (a_r - a_f -
+///    w)^+)`, with `w = W - C + c`:* nothing is ready before `L + c`, `r` ends no earlier than
+///    `max(a_r, L + c) + s_r`, and `L <= a_f + W - C`. The exchange argument of
+///    [`bounded_wait_lower_bound`] (step 3) keeps step 1's inequality (a request moved into the
+///    earlier episode has it through `L_j < L_{j+1}`), so some assignment of requests to the same
+///    episodes serves consecutive arrivals in each.
+/// 3. *A short split is a flap.* Let episode `E_k` serve arrivals up to `j` and end at `e_k`, and the
+///    next start at `L_{k+1}` with arrival `j + 1`. Then `e_k >= max over r in E_k of (a_r + s_r)`
+///    and `L_{k+1} <= a_{j+1} + W - C`. When that leaves `L_{k+1} - e_k <= C`, the first launch after
+///    `e_k` (the episode's, or a failed one before it) finds a removal of the same pool (b) within
+///    one cold start, the one at `e_k` or an older one, and counts a flap; distinct splits have
+///    distinct first launches. Only an episode that ended with an interruption instead of a removal
+///    escapes, so flaps `F >= (short splits) - K`.
+/// 4. *Removals.* Call a removal *final* when it leaves no node billed: each episode ends with at
+///    most one (removals at one instant taken in order), so final removals `R_f <= episodes`. Any
+///    other removal, of node `i` at `t`, leaves a node `j` billed that by (c) was launched by `t -
+///    m`, so `j` is billed over all of `[t - m, t]`. Charge `i` the last `min(m, its life)` seconds
+///    of its life, in which `j` overlaps it, and the rest of its billing minimum. At any instant the
+///    charged nodes exclude the witness of the one removed last, so the charges fit within the
+///    billed node-seconds beyond the episodes' length: billed node-seconds `>= sum of episode lengths
+///    + m R_o`, with `R_o` the other removals.
+/// 5. *Lagrange.* A policy within the flap limit has `F - rho (R_f + R_o) <= 0`, so for any `0 <=
+///    lambda <= m / rho` its billed node-seconds are at least `sum of episode lengths + m R_o +
+///    lambda (F - rho R_f - rho R_o)`, which (`m >= rho lambda`, then 3 and 4) is at least `sum of
+///    episode lengths + lambda x (short splits) - rho lambda x episodes - lambda K`.
+/// 6. *The programme.* `D(lambda)`, the least over splits of the sorted arrivals into consecutive
+///    groups of `sum (c + max(s_r + (a_r - a_f - w)^+) - rho lambda) + lambda x (short splits)`, with a
+///    split short when `a_{j+1} + W - C - max(a_r + s_r) <= C` over the group before it, is `O(n^2)`
+///    like [`bounded_wait_lower_bound`]'s. The bound is the best of `D(lambda) - lambda K` over 31
+///    multipliers from 0 to `m / rho`, and the lanes bound. At `lambda = 0` it is
+///    [`bounded_wait_lower_bound`] with the wait `w`.
+///
+/// It leaves out what only makes a policy pay more, as [`bounded_wait_lower_bound`] does; the
+/// Spot price is the one all its billing is priced at, by (b).
+pub fn flap_aware_lower_bound(
+    workload: &Workload,
+    cloud: &Cloud,
+    serving: &Serving,
+    max_wait_s: f64,
+    max_flap_rate: f64,
+) -> Option<FlapBound> {
+    let n = workload.requests.len();
+    let window = cloud.cold_start_max_s();
+    // NaN fails both comparisons, and is declined with them.
+    let guaranteed = max_wait_s >= window;
+    let limited = max_flap_rate > 0.0;
+    if n > FLAP_BOUND_MAX_REQUESTS || !guaranteed || !limited {
+        return None;
+    }
+    if n == 0 {
+        return Some(FlapBound::default());
+    }
+    let c = cloud.cold_start_min_s();
+    let slack = max_wait_s - window;
+    let w = slack + c;
+    let runs = runs_by_arrival(workload, serving);
+    let lanes = f64::from(serving.slots_per_gpu.max(1)) * f64::from(serving.pod_concurrency.max(1));
+    let work: f64 = runs.iter().map(|r| r.1).sum();
+    let lambda_max = cloud.min_billed_s.max(0.0) / max_flap_rate;
+    let mut duals = Vec::with_capacity(FLAP_BOUND_MULTIPLIERS as usize + 1);
+    let mut best = vec![f64::INFINITY; n + 1];
+    for k in 0..=FLAP_BOUND_MULTIPLIERS {
+        let lambda = lambda_max * f64::from(k) / f64::from(FLAP_BOUND_MULTIPLIERS);
+        let per_episode = c - max_flap_rate * lambda;
+        best.fill(f64::INFINITY);
+        best[0] = 0.0;
+        for i in 0..n {
+            let before = best[i];
+            let first = runs[i].0;
+            let mut longest = 0.0f64;
+            let mut end = f64::NEG_INFINITY;
+            for (j, &(at, s)) in runs.iter().enumerate().skip(i) {
+                longest = longest.max(s + (at - first - w).max(0.0));
+                end = end.max(at + s);
+                let flap = runs
+                    .get(j + 1)
+                    .is_some_and(|next| next.0 + slack - end <= window);
+                let cost = before + per_episode + longest + if flap { lambda } else { 0.0 };
+                if cost < best[j + 1] {
+                    best[j + 1] = cost;
+                }
+            }
+        }
+        duals.push((lambda, best[n]));
+    }
+    Some(FlapBound {
+        duals,
+        lanes: c + work / lanes,
+        lambda_max,
+    })
+}
+
 /// Each request's `(arrival, service time alone on a GPU)`, sorted by arrival.
 fn runs_by_arrival(workload: &Workload, serving: &Serving) -> Vec<(f64, f64)> {
     let mut runs: Vec<(f64, f64)> = workload
@@ -495,6 +655,109 @@ mod tests {
             previous = relaxed;
         }
         assert!(previous > 0.85 * exact, "{previous} against {exact}");
+    }
+
+    fn flap_bound(requests: Vec<Request>, wait: f64, rate: f64) -> Option<FlapBound> {
+        let cloud = Cloud::new(INSTANCE_TYPES[1]);
+        flap_aware_lower_bound(&workload(requests, 1), &cloud, &serving(4, 1), wait, rate)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn a_short_split_costs_a_flap_so_the_bound_rises_above_the_waiting_one() {
+        // Four 10 s requests 260 s apart. A guaranteed wait of 330 s launches at most 30 s after an
+        // episode's first request, so the episode's wait allowance is w = 30 + C = 240 s.
+        let rs: Vec<Request> = (0..4).map(|i| req(260.0 * f64::from(i), 10, 0)).collect();
+        let b = flap_bound(rs.clone(), 330.0, 0.2).expect("computed");
+        // Pairs cost C + 10 + 20 each (480 in all) but their split is short (260 + 30 - 10 = 280 <=
+        // 300): a flap. One episode costs C + 10 + 540 = 760. With lambda = 60 / 0.2 = 300:
+        // pairs 480 + 300 - 2 x 60 = 660, one episode 760 - 60 = 700.
+        assert!(
+            close(b.per_interruption(), 300.0),
+            "{}",
+            b.per_interruption()
+        );
+        assert!(close(b.node_seconds(0), 660.0), "{}", b.node_seconds(0));
+        // With multiplier 0 it is the waiting bound at w: the pairs, 480.
+        assert!(close(waiting_bound(rs.clone(), 4, 1, 240.0), 480.0));
+        // An interruption can spare the one flap: then the pairs' 480 is all that is proven.
+        assert!(close(b.node_seconds(1), 480.0), "{}", b.node_seconds(1));
+        assert!(b.node_seconds(0) > waiting_bound(rs, 4, 1, 330.0));
+    }
+
+    #[test]
+    fn far_apart_requests_split_freely() {
+        // 4,990 s between them: never a flap, so two episodes of C + 10.
+        let b =
+            flap_bound(vec![req(0.0, 10, 0), req(5000.0, 10, 0)], 330.0, 0.2).expect("computed");
+        assert!(
+            close(b.node_seconds(0), 2.0 * (C + 10.0)),
+            "{}",
+            b.node_seconds(0)
+        );
+        assert!(close(b.node_seconds(3), 2.0 * (C + 10.0)));
+        // Nothing to serve: nothing to pay.
+        assert_eq!(
+            flap_bound(Vec::new(), 330.0, 0.2).map(|b| b.node_seconds(0)),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn the_flap_bound_is_declined_where_it_does_not_apply() {
+        let one = vec![req(0.0, 10, 0)];
+        // A wait below the longest cold start (300 s) cannot be guaranteed by any policy.
+        assert_eq!(flap_bound(one.clone(), 299.0, 0.2), None);
+        assert_eq!(flap_bound(one.clone(), f64::NAN, 0.2), None);
+        assert!(flap_bound(one.clone(), 300.0, 0.2).is_some());
+        // No flap allowed at all has no finite multiplier.
+        assert_eq!(flap_bound(one.clone(), 330.0, 0.0), None);
+        assert_eq!(flap_bound(one, 330.0, f64::NAN), None);
+        // Above the size limit.
+        let many: Vec<Request> = (0..=FLAP_BOUND_MAX_REQUESTS as u32)
+            .map(|i| req(f64::from(i), 1, 0))
+            .collect();
+        assert_eq!(flap_bound(many, 330.0, 0.2), None);
+    }
+
+    #[test]
+    fn the_flap_bound_stays_above_the_waiting_bound_and_falls_with_interruptions() {
+        let rs: Vec<Request> = (0..200)
+            .map(|i| {
+                req(
+                    f64::from(i) * 173.0 % 30_000.0 + f64::from(i % 11),
+                    5 + i % 30,
+                    0,
+                )
+            })
+            .collect();
+        let b = flap_bound(rs.clone(), 330.0, 0.2).expect("computed");
+        let waiting = waiting_bound(rs.clone(), 4, 1, 240.0);
+        assert!(b.node_seconds(0) >= waiting - 1e-9);
+        assert!(waiting >= waiting_bound(rs, 4, 1, 330.0) - 1e-9);
+        let mut previous = b.node_seconds(0);
+        for k in 1..6 {
+            let now = b.node_seconds(k);
+            assert!(now <= previous + 1e-9, "{k}: {now} > {previous}");
+            assert!(now >= b.node_seconds(0) - f64::from(k) * b.per_interruption() - 1e-9);
+            previous = now;
+        }
+        // A looser flap limit allows a smaller multiplier, so proves no more.
+        let loose = flap_bound(
+            (0..4).map(|i| req(260.0 * f64::from(i), 10, 0)).collect(),
+            330.0,
+            1.0,
+        )
+        .expect("computed");
+        assert!(close(loose.per_interruption(), 60.0));
+        assert!(
+            close(loose.node_seconds(0), 480.0),
+            "{}",
+            loose.node_seconds(0)
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub(crate) struct Pod {
 pub(crate) struct SimNode {
     pub pool: u8,
     pub spot: bool,
+    /// Billed from its launch: false for a launch that fails for lack of capacity.
+    pub billed: bool,
     pub launched_at: f64,
     pub ready: bool,
     pub gone: bool,
@@ -226,6 +228,11 @@ pub(crate) struct Counters {
     pub cold_starts: u32,
     /// Removals by the policy followed by a launch in the same pool within one cold start.
     pub flaps: u32,
+    /// On-demand instances launched.
+    pub on_demand_launches: u32,
+    /// Removals by the policy while another billed node of the pool, launched less than the billing
+    /// minimum earlier, ran.
+    pub swaps: u32,
     /// Per pool: removal times not yet matched by a launch.
     pub removals: Vec<VecDeque<f64>>,
     /// The longest cold episode: from a request finding its model with no Ready pod until the last
@@ -472,6 +479,7 @@ impl<'w> Cluster<'w> {
         self.nodes.push(SimNode {
             pool,
             spot,
+            billed: !fails,
             launched_at: self.now,
             ready: false,
             gone: false,
@@ -493,6 +501,9 @@ impl<'w> Cluster<'w> {
         });
         self.live.push(id);
         self.c.scale_ups += 1;
+        if !spot {
+            self.c.on_demand_launches += 1;
+        }
         if may_fail {
             let horizon = self.now - self.p.cloud.cold_start_max_s();
             if let Some(removals) = self.c.removals.get_mut(pool as usize) {
@@ -615,6 +626,13 @@ impl<'w> Cluster<'w> {
         if by_policy && !self.nodes[id as usize].noticed {
             self.c.scale_downs += 1;
             let pool = self.nodes[id as usize].pool as usize;
+            let fresh = now - self.p.cloud.min_billed_s;
+            if self.live.iter().any(|n| {
+                let other = &self.nodes[*n as usize];
+                other.billed && other.pool as usize == pool && other.launched_at > fresh
+            }) {
+                self.c.swaps += 1;
+            }
             if let Some(removals) = self.c.removals.get_mut(pool) {
                 removals.push_back(now);
             }

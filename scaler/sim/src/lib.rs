@@ -26,7 +26,9 @@ pub mod rng;
 pub mod serving;
 pub mod workload;
 
-pub use bound::{LowerBound, bounded_wait_lower_bound, lower_bound};
+pub use bound::{
+    FlapBound, LowerBound, bounded_wait_lower_bound, flap_aware_lower_bound, lower_bound,
+};
 pub use cloud::{Cloud, INSTANCE_TYPES, InstanceType, instance_type};
 pub use cluster::{ClusterParams, DemandSignal, Sample};
 pub use error::{Result, SimError};
@@ -187,6 +189,13 @@ pub fn simulate(scenario: &Scenario, progress: &AtomicU64) -> Result<Report> {
         &scenario.cluster.serving,
         bounded_wait_s,
     ) * cloud.price_per_s(true);
+    let flap_bound = bound::flap_aware_lower_bound(
+        &scenario.workload,
+        cloud,
+        &scenario.cluster.serving,
+        bounded_wait_s,
+        report::FLAP_LIMIT,
+    );
     let mut report = Report {
         workload: scenario.workload.description.clone(),
         workload_class: scenario.class,
@@ -201,9 +210,16 @@ pub fn simulate(scenario: &Scenario, progress: &AtomicU64) -> Result<Report> {
         lower_bound_node_seconds: bound.node_seconds,
         bounded_wait_s,
         bounded_wait_bound_usd,
+        flap_bound_usd: flap_bound
+            .as_ref()
+            .map(|b| b.node_seconds(0) * cloud.price_per_s(true)),
+        flap_bound_per_interruption_usd: flap_bound
+            .as_ref()
+            .map(|b| b.per_interruption() * cloud.price_per_s(true)),
         policies,
         goals: Vec::new(),
         bound_series: bound.series,
+        flap_bound,
     };
     report.compute_goals();
     Ok(report)
@@ -254,6 +270,8 @@ fn run_greedy(scenario: &Scenario, progress: &AtomicU64) -> PolicyReport {
         scale_ups: o.runs,
         scale_downs: o.runs,
         launch_failures: 0,
+        on_demand_launches: 0,
+        swaps: 0,
         end_s: o.end,
         decisions: None,
         series,
@@ -422,6 +440,8 @@ pub fn run_policy(
         scale_ups: c.c.scale_ups,
         scale_downs: c.c.scale_downs,
         launch_failures: c.c.launch_failures,
+        on_demand_launches: c.c.on_demand_launches,
+        swaps: c.c.swaps,
         end_s: c.now,
         decisions: (kind == PolicyKind::Zerospot).then(|| ctl.decisions()),
         series: std::mem::take(&mut c.series),

@@ -1,5 +1,6 @@
 //! Results: per-policy figures, the goals, the text table and the JSON document.
 
+use crate::bound::FlapBound;
 use crate::cluster::Sample;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -39,6 +40,10 @@ impl Delays {
         }
     }
 }
+
+/// The flap goal: at most this share of removals followed by a launch in the same pool within one
+/// cold start.
+pub const FLAP_LIMIT: f64 = 0.20;
 
 /// One policy's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -91,6 +96,11 @@ pub struct PolicyReport {
     pub scale_downs: u32,
     /// Spot launches that failed for lack of capacity.
     pub launch_failures: u32,
+    /// On-demand instances launched.
+    pub on_demand_launches: u32,
+    /// Removals by the policy while another billed node of the pool, launched less than the billing
+    /// minimum (60 s) earlier, ran: swaps, which put a run outside the flap-aware bound's class.
+    pub swaps: u32,
     /// When the last instance stopped, seconds from the first arrival.
     pub end_s: f64,
     /// Times the core's `decide` ran (zerospot only).
@@ -124,6 +134,10 @@ pub struct Goal {
     pub limit: f64,
     /// Whether `value <= limit`.
     pub met: bool,
+    /// Set when a proven bound puts the goal out of reach of a whole class of policies: the least
+    /// figure any of them can reach here, above `limit` (see [`Report::flap_bound_usd`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_reach: Option<f64>,
 }
 
 /// A whole run.
@@ -156,6 +170,14 @@ pub struct Report {
     /// Lower bound on the cost of any policy in which no request waits longer than `bounded_wait_s`,
     /// USD (see [`crate::bound::bounded_wait_lower_bound`]).
     pub bounded_wait_bound_usd: f64,
+    /// Lower bound on the cost of any policy that keeps the sparse goals' wait and flap limits
+    /// together (no wait over `bounded_wait_s` whatever the boots take, at most 20 % flaps), launches
+    /// Spot nodes only, never swaps a node for one launched less than a minute before, and suffers no
+    /// Spot interruption, USD (see [`crate::bound::flap_aware_lower_bound`]); `None` (JSON `null`)
+    /// above [`crate::bound::FLAP_BOUND_MAX_REQUESTS`] requests.
+    pub flap_bound_usd: Option<f64>,
+    /// The most each Spot interruption such a policy suffers can lower `flap_bound_usd`, USD.
+    pub flap_bound_per_interruption_usd: Option<f64>,
     /// One entry per policy.
     pub policies: Vec<PolicyReport>,
     /// zerospot's goals for this workload's class, each met or not.
@@ -163,6 +185,10 @@ pub struct Report {
     /// The bound over time (for plots; not serialised).
     #[serde(skip)]
     pub bound_series: Vec<Sample>,
+    /// The flap-aware bound, for any number of Spot interruptions (not serialised; see
+    /// `flap_bound_usd`).
+    #[serde(skip)]
+    pub flap_bound: Option<FlapBound>,
 }
 
 impl Report {
@@ -176,7 +202,9 @@ impl Report {
     /// - sparse: cost <= 1.15 x the bound, no wait longer than one cold start + 30 s;
     /// - everywhere: nothing lost, flap rate <= 20 %, cost <= 0.5 x the Cluster Autoscaler's.
     ///
-    /// A goal whose reference policy did not run is left out.
+    /// A goal whose reference policy did not run is left out. A missed Cluster Autoscaler goal is
+    /// marked out of reach when the flap-aware bound ([`Report::flap_bound`]), with as many Spot
+    /// interruptions as zerospot had, is above half that policy's cost.
     pub fn compute_goals(&mut self) {
         let Some(z) = self.policy("zerospot") else {
             self.goals.clear();
@@ -189,6 +217,7 @@ impl Report {
                 value,
                 limit,
                 met: value <= limit + 1e-9,
+                out_of_reach: None,
             });
         };
         match self.workload_class {
@@ -210,12 +239,22 @@ impl Report {
             WorkloadClass::Other => {}
         }
         goal("lost requests", z.lost as f64, 0.0);
-        goal("flap rate", z.flap_rate, 0.20);
+        goal("flap rate", z.flap_rate, FLAP_LIMIT);
+        let mut reach = None;
         if let Some(ca) = self
             .policy("cluster-autoscaler")
             .filter(|c| c.cost_usd > 0.0)
         {
             goal("cost x cluster-autoscaler", z.cost_usd / ca.cost_usd, 0.5);
+            let price = self.spot_price_per_hour / 3600.0;
+            reach = self
+                .flap_bound
+                .as_ref()
+                .map(|b| b.node_seconds(z.interruptions) * price / ca.cost_usd)
+                .filter(|least| *least > 0.5);
+        }
+        if let Some(last) = goals.last_mut().filter(|g| !g.met) {
+            last.out_of_reach = reach;
         }
         self.goals = goals;
     }
@@ -277,11 +316,14 @@ impl Report {
         for g in &self.goals {
             let _ = writeln!(
                 out,
-                "  {:<38} {:>9.2}  limit {:>7.2}  {}",
+                "  {:<38} {:>9.2}  limit {:>7.2}  {}{}",
                 g.goal,
                 g.value,
                 g.limit,
-                if g.met { "met" } else { "MISSED" }
+                if g.met { "met" } else { "MISSED" },
+                g.out_of_reach.map_or(String::new(), |least| format!(
+                    " (out of reach: at least {least:.2} for the flap-aware bound's class)"
+                ))
             );
         }
         out
@@ -311,6 +353,15 @@ impl Report {
             "lower bound on any policy with no wait over {:.0} s: ${:.2}",
             self.bounded_wait_s, self.bounded_wait_bound_usd
         );
+        if let (Some(b), Some(per)) = (self.flap_bound_usd, self.flap_bound_per_interruption_usd) {
+            let _ = writeln!(
+                out,
+                "lower bound on any Spot-only policy that guarantees no wait over {:.0} s and flaps at most \
+                 {:.0} % without swapping nodes: ${b:.2} (up to ${per:.3} less per Spot interruption)",
+                self.bounded_wait_s,
+                FLAP_LIMIT * 100.0
+            );
+        }
         let _ = writeln!(out);
         let rows = self.rows();
         let mut widths: Vec<usize> = Self::HEADER.iter().map(|h| h.len()).collect();
@@ -363,6 +414,13 @@ impl Report {
                     g.limit,
                     if g.met { "met" } else { "**missed**" }
                 );
+                if let Some(least) = g.out_of_reach {
+                    out.pop();
+                    let _ = writeln!(
+                        out,
+                        " (out of reach: at least {least:.2} for the flap-aware bound's class)"
+                    );
+                }
             }
         }
         out

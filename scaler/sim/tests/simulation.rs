@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::AtomicU64;
-use zerospot_sim::{PolicyKind, Report, Scenario, Shaping, SimError, simulate, workload};
+use zerospot_sim::{
+    PolicyKind, Report, Scenario, Shaping, SimError, WorkloadClass, simulate, workload,
+};
 
 fn synthetic(requests: u64, seed: u64, time_scale: f64) -> Scenario {
     let shaping = Shaping {
@@ -117,6 +119,101 @@ fn nothing_that_keeps_the_wait_limit_costs_less_than_the_waiting_bound() {
             }
         }
     }
+}
+
+/// No simulated policy inside the flap-aware bound's class (Spot only, no swaps, within the wait and
+/// flap limits) costs less than the bound for its own number of interruptions; the table prints the
+/// bound, and a missed Cluster Autoscaler goal is marked out of reach exactly when the bound is above
+/// half that policy's cost.
+#[test]
+fn nothing_in_the_flap_bounds_class_costs_less_than_it() {
+    let azure = |sample: f64, time_scale: f64, seed: u64| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/azure-llm-inference-2023-conv.csv"
+        );
+        let shaping = Shaping {
+            sample,
+            time_scale,
+            seed,
+            ..Shaping::default()
+        };
+        let mut s = Scenario::new(
+            workload::load_azure(path.as_ref(), &shaping).expect("trace"),
+            seed,
+        );
+        s.class = WorkloadClass::Sparse;
+        s
+    };
+    let scenarios = [
+        synthetic(2_500, 1, 1.0),
+        synthetic(2_500, 3, 3.0),
+        synthetic(2_500, 6, 10.0),
+        azure(0.02, 3.0, 2),
+        azure(0.02, 10.0, 1),
+        azure(0.02, 10.0, 3),
+    ];
+    let mut in_class = 0;
+    let mut out_of_reach = 0;
+    for scenario in scenarios {
+        let report = run(&scenario);
+        let bound = report
+            .flap_bound
+            .clone()
+            .expect("computed under 5,000 requests");
+        let price = report.spot_price_per_hour / 3600.0;
+        let usd = report.flap_bound_usd.expect("reported");
+        assert!((usd - bound.node_seconds(0) * price).abs() < 1e-9);
+        let line = format!(
+            "lower bound on any Spot-only policy that guarantees no wait over {:.0} s and flaps at most \
+             20 % without swapping nodes: ${usd:.2}",
+            report.bounded_wait_s
+        );
+        assert!(report.table().contains(&line), "{}", report.table());
+        for p in &report.policies {
+            let inside = p.name != "hindsight-greedy"
+                && p.on_demand_launches == 0
+                && p.swaps == 0
+                && p.lost == 0
+                && p.flap_rate <= 0.2
+                && p.queue_delay_s.max <= report.bounded_wait_s;
+            if inside {
+                in_class += 1;
+                let least = bound.node_seconds(p.interruptions) * price;
+                assert!(
+                    p.cost_usd >= least - 1e-9,
+                    "{}: {} costs {} under the flap-aware bound {least}",
+                    report.workload,
+                    p.name,
+                    p.cost_usd
+                );
+            }
+        }
+        let z = report.policy("zerospot").expect("zerospot");
+        let ca = report.policy("cluster-autoscaler").expect("CA");
+        let goal = report
+            .goals
+            .iter()
+            .find(|g| g.goal == "cost x cluster-autoscaler")
+            .expect("the CA goal");
+        let least = bound.node_seconds(z.interruptions) * price / ca.cost_usd;
+        if !goal.met && least > 0.5 {
+            out_of_reach += 1;
+            assert_eq!(goal.out_of_reach, Some(least));
+            assert!(report.table().contains("(out of reach: at least"));
+        } else {
+            assert_eq!(goal.out_of_reach, None);
+        }
+        for g in report
+            .goals
+            .iter()
+            .filter(|g| g.goal != "cost x cluster-autoscaler")
+        {
+            assert_eq!(g.out_of_reach, None, "{}", g.goal);
+        }
+    }
+    assert!(in_class >= 6, "the check ran on {in_class} policies");
+    assert!(out_of_reach >= 1, "no goal was shown out of reach");
 }
 
 #[test]
