@@ -260,6 +260,16 @@ impl FlapBound {
             .fold(self.lanes, f64::max)
     }
 
+    /// A bound of `node_seconds` whatever the interruptions (for tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn at_least(node_seconds: f64) -> Self {
+        FlapBound {
+            duals: Vec::new(),
+            lanes: node_seconds,
+            lambda_max: 0.0,
+        }
+    }
+
     /// The most one interruption can lower [`FlapBound::node_seconds`], node-seconds.
     pub fn per_interruption(&self) -> f64 {
         self.lambda_max
@@ -343,12 +353,30 @@ pub fn flap_aware_lower_bound(
     max_wait_s: f64,
     max_flap_rate: f64,
 ) -> Option<FlapBound> {
+    flap_bound_within(
+        workload,
+        cloud,
+        serving,
+        (max_wait_s, max_flap_rate),
+        FLAP_BOUND_MAX_REQUESTS,
+    )
+}
+
+/// [`flap_aware_lower_bound`] with the limits `(max_wait_s, max_flap_rate)`, computed up to
+/// `max_requests` requests.
+fn flap_bound_within(
+    workload: &Workload,
+    cloud: &Cloud,
+    serving: &Serving,
+    (max_wait_s, max_flap_rate): (f64, f64),
+    max_requests: usize,
+) -> Option<FlapBound> {
     let n = workload.requests.len();
     let window = cloud.cold_start_max_s();
     // NaN fails both comparisons, and is declined with them.
     let guaranteed = max_wait_s >= window;
     let limited = max_flap_rate > 0.0;
-    if n > FLAP_BOUND_MAX_REQUESTS || !guaranteed || !limited {
+    if n > max_requests || !guaranteed || !limited {
         return None;
     }
     if n == 0 {
@@ -670,7 +698,7 @@ mod tests {
     fn a_short_split_costs_a_flap_so_the_bound_rises_above_the_waiting_one() {
         // Four 10 s requests 260 s apart. A guaranteed wait of 330 s launches at most 30 s after an
         // episode's first request, so the episode's wait allowance is w = 30 + C = 240 s.
-        let rs: Vec<Request> = (0..4).map(|i| req(260.0 * f64::from(i), 10, 0)).collect();
+        let rs = four(260.0);
         let b = flap_bound(rs.clone(), 330.0, 0.2).expect("computed");
         // Pairs cost C + 10 + 20 each (480 in all) but their split is short (260 + 30 - 10 = 280 <=
         // 300): a flap. One episode costs C + 10 + 540 = 760. With lambda = 60 / 0.2 = 300:
@@ -686,6 +714,35 @@ mod tests {
         // An interruption can spare the one flap: then the pairs' 480 is all that is proven.
         assert!(close(b.node_seconds(1), 480.0), "{}", b.node_seconds(1));
         assert!(b.node_seconds(0) > waiting_bound(rs, 4, 1, 330.0));
+    }
+
+    /// Four 10 s requests `apart` seconds apart.
+    fn four(apart: f64) -> Vec<Request> {
+        (0..4).map(|i| req(apart * f64::from(i), 10, 0)).collect()
+    }
+
+    #[test]
+    fn a_split_is_short_when_the_next_launch_can_come_within_one_cold_start_of_the_end() {
+        // A split is short when the next arrival + 30 s comes within 300 s of the end of the last
+        // run before it: 275 s apart, 275 + 30 - 10 = 295 <= 300. Pairs cost C + 10 + 35 = 255 each;
+        // at lambda = 300, 510 + 300 - 120 = 690 against one episode's C + 10 + 585 - 60 = 745.
+        let b = flap_bound(four(275.0), 330.0, 0.2).expect("computed");
+        assert!(close(b.node_seconds(0), 690.0), "{}", b.node_seconds(0));
+        // 290 s apart, 290 + 30 - 10 = 310 > 300: no flap; pairs of C + 10 + 50 split freely, and the
+        // bound is the waiting bound at w = 240 s.
+        let b = flap_bound(four(290.0), 330.0, 0.2).expect("computed");
+        assert!(close(b.node_seconds(0), 540.0), "{}", b.node_seconds(0));
+        assert!(close(waiting_bound(four(290.0), 4, 1, 240.0), 540.0));
+    }
+
+    #[test]
+    fn the_lanes_bound_holds_with_flaps_too() {
+        // 40 requests of 100 s at once, 4 slots of concurrency 2: 8 lanes, C + 4,000 / 8.
+        let rs: Vec<Request> = (0..40).map(|_| req(0.0, 100, 0)).collect();
+        let cloud = Cloud::new(INSTANCE_TYPES[1]);
+        let b = flap_aware_lower_bound(&workload(rs, 1), &cloud, &serving(4, 2), 330.0, 0.2)
+            .expect("computed");
+        assert!(close(b.node_seconds(0), C + 500.0), "{}", b.node_seconds(0));
     }
 
     #[test]
@@ -716,11 +773,19 @@ mod tests {
         // No flap allowed at all has no finite multiplier.
         assert_eq!(flap_bound(one.clone(), 330.0, 0.0), None);
         assert_eq!(flap_bound(one, 330.0, f64::NAN), None);
-        // Above the size limit.
+        // Above the size limit; at it, computed.
         let many: Vec<Request> = (0..=FLAP_BOUND_MAX_REQUESTS as u32)
             .map(|i| req(f64::from(i), 1, 0))
             .collect();
         assert_eq!(flap_bound(many, 330.0, 0.2), None);
+        let cloud = Cloud::new(INSTANCE_TYPES[1]);
+        let limits = (330.0, 0.2);
+        let w = workload(four(260.0), 1);
+        assert!(flap_bound_within(&w, &cloud, &serving(4, 1), limits, 4).is_some());
+        assert_eq!(
+            flap_bound_within(&w, &cloud, &serving(4, 1), limits, 3),
+            None
+        );
     }
 
     #[test]
@@ -746,12 +811,7 @@ mod tests {
             previous = now;
         }
         // A looser flap limit allows a smaller multiplier, so proves no more.
-        let loose = flap_bound(
-            (0..4).map(|i| req(260.0 * f64::from(i), 10, 0)).collect(),
-            330.0,
-            1.0,
-        )
-        .expect("computed");
+        let loose = flap_bound(four(260.0), 330.0, 1.0).expect("computed");
         assert!(close(loose.per_interruption(), 60.0));
         assert!(
             close(loose.node_seconds(0), 480.0),

@@ -1180,3 +1180,75 @@ impl<'w> Cluster<'w> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Scenario;
+    use crate::workload::Request;
+
+    fn params(failure_probability: f64) -> (ClusterParams, Workload) {
+        let workload = Workload {
+            requests: vec![Request {
+                at: 10_000.0,
+                model: 0,
+                prompt_tokens: 0,
+                generated_tokens: 10,
+            }],
+            models: vec!["m".into()],
+            horizon_s: 10_000.0,
+            description: "one late request".into(),
+        };
+        let mut p = Scenario::new(workload.clone(), 1).cluster;
+        p.cloud.interruption_rate_per_hour = 0.0;
+        p.cloud.capacity_failure_probability = failure_probability;
+        (p, workload)
+    }
+
+    #[test]
+    fn a_removal_while_a_fresh_billed_node_of_the_pool_runs_is_a_swap() {
+        let (p, w) = params(0.0);
+        let mut c = Cluster::new(&p, &w, 1, PodScaling::Knative);
+        let a = c.launch(0, true);
+        c.now = 100.0;
+        let b = c.launch(0, true);
+        // B was launched exactly the billing minimum (60 s) before: not fresh.
+        c.now = 160.0;
+        c.end_node(a, true);
+        assert_eq!(c.c.swaps, 0);
+        let fresh = c.launch(0, true);
+        c.now = 200.0;
+        c.end_node(b, true);
+        assert_eq!(c.c.swaps, 1, "the node launched 40 s before is fresh");
+        // A fresh node in another pool does not make a swap; neither does a removal not by the
+        // policy.
+        let other = c.launch(1, false);
+        c.now = 220.0;
+        let d = c.launch(0, true);
+        c.now = 230.0;
+        c.end_node(fresh, false);
+        assert_eq!(c.c.swaps, 1);
+        c.end_node(d, true);
+        assert_eq!(c.c.swaps, 1, "only the other pool's node is fresh");
+        c.end_node(other, true);
+        assert_eq!(
+            (c.c.swaps, c.c.on_demand_launches, c.c.scale_downs),
+            (1, 1, 4)
+        );
+    }
+
+    #[test]
+    fn a_launch_that_fails_is_not_billed_and_makes_no_swap() {
+        let (p, w) = params(1.0);
+        let mut c = Cluster::new(&p, &w, 1, PodScaling::Knative);
+        // On-demand launches never fail; the Spot one fails for lack of capacity.
+        let kept = c.launch(0, false);
+        c.now = 100.0;
+        let failing = c.launch(0, true);
+        assert!(c.nodes[kept as usize].billed && !c.nodes[failing as usize].billed);
+        c.now = 110.0;
+        c.end_node(kept, true);
+        assert_eq!(c.c.swaps, 0);
+        assert_eq!(c.c.on_demand_launches, 1);
+    }
+}

@@ -438,6 +438,49 @@ fn secs(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Scenario, simulate, workload};
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_goal_is_out_of_reach_only_when_the_bound_is_above_its_limit() {
+        let shaping = workload::Shaping::default();
+        let w = workload::synthetic_day(200, &shaping).expect("a day");
+        let mut report = simulate(&Scenario::new(w, 1), &AtomicU64::new(0)).expect("runs");
+        // One node-second at $1 a second against a Cluster Autoscaler that cost $2, and zerospot at
+        // $1.50 (0.75x, missed).
+        report.spot_price_per_hour = 3600.0;
+        for p in &mut report.policies {
+            p.cost_usd = if p.name == "cluster-autoscaler" {
+                2.0
+            } else {
+                1.5
+            };
+        }
+        let ca_goal = |r: &Report| {
+            r.goals
+                .iter()
+                .find(|g| g.goal == "cost x cluster-autoscaler")
+                .cloned()
+                .expect("the goal")
+        };
+        // Exactly at the limit: 0.5x is reachable.
+        report.flap_bound = Some(FlapBound::at_least(1.0));
+        report.compute_goals();
+        let goal = ca_goal(&report);
+        assert!(!goal.met);
+        assert_eq!(goal.out_of_reach, None);
+        report.flap_bound = Some(FlapBound::at_least(1.25));
+        report.compute_goals();
+        assert_eq!(ca_goal(&report).out_of_reach, Some(0.625));
+        // A met goal is never marked.
+        for p in &mut report.policies {
+            if p.name == "zerospot" {
+                p.cost_usd = 0.5;
+            }
+        }
+        report.compute_goals();
+        assert_eq!(ca_goal(&report).out_of_reach, None);
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -164,6 +164,10 @@ fn nothing_in_the_flap_bounds_class_costs_less_than_it() {
         let price = report.spot_price_per_hour / 3600.0;
         let usd = report.flap_bound_usd.expect("reported");
         assert!((usd - bound.node_seconds(0) * price).abs() < 1e-9);
+        let per = report.flap_bound_per_interruption_usd.expect("reported");
+        // 60 s billing minimum over the 20 % flap limit, at the Spot price.
+        assert!((per - 300.0 * price).abs() < 1e-9, "{per}");
+        assert!((bound.per_interruption() - 300.0).abs() < 1e-9);
         let line = format!(
             "lower bound on any Spot-only policy that guarantees no wait over {:.0} s and flaps at most \
              20 % without swapping nodes: ${usd:.2}",
@@ -200,7 +204,15 @@ fn nothing_in_the_flap_bounds_class_costs_less_than_it() {
         if !goal.met && least > 0.5 {
             out_of_reach += 1;
             assert_eq!(goal.out_of_reach, Some(least));
-            assert!(report.table().contains("(out of reach: at least"));
+            let note =
+                format!("(out of reach: at least {least:.2} for the flap-aware bound's class)");
+            assert!(report.table().contains(&note), "{}", report.table());
+            let markdown = report.markdown();
+            assert!(
+                markdown.contains(&format!("**missed** {note}")),
+                "{markdown}"
+            );
+            assert!(markdown.contains("| zerospot |"), "{markdown}");
         } else {
             assert_eq!(goal.out_of_reach, None);
         }
