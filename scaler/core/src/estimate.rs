@@ -263,12 +263,15 @@ impl GapHistogram {
             .count()
     }
 
+    /// Bucket `i`'s weight, read safely: missing, negative or not a number is 0, and no bucket weighs
+    /// more than [`GAP_MEMORY`], the most that recorded gaps can add up to (each fades by `1 - 1 /
+    /// GAP_MEMORY` per new one), so a histogram read from outside cannot overflow the sums.
     fn count(&self, i: usize) -> f64 {
         self.counts
             .get(i)
             .copied()
             .filter(|c| c.is_finite())
-            .map_or(0.0, |c| c.max(0.0))
+            .map_or(0.0, |c| c.clamp(0.0, GAP_MEMORY))
     }
 
     /// One gap of `gap_s` seconds; a negative or non-finite gap is ignored.
@@ -929,6 +932,22 @@ mod tests {
         let odd: GapHistogram = serde_json::from_str(r#"{"counts":[1.0,-2.0]}"#).unwrap();
         assert!(close(odd.total(), 1.0));
         assert!(close(odd.longer_than(0.5), 0.5));
+        // Weights no recorded gaps can reach read as the most they can: the sums stay finite and
+        // the risk a number.
+        let huge: GapHistogram =
+            serde_json::from_str(r#"{"counts":[0,0,0,0,0,0,0,1e308,1e308,0,0,1e308]}"#).unwrap();
+        let capped: GapHistogram =
+            serde_json::from_str(r#"{"counts":[0,0,0,0,0,0,0,500,500,0,0,500]}"#).unwrap();
+        assert!(close(huge.total(), 1500.0));
+        assert_eq!(huge.return_risk(300.0, 510.0), capped.return_risk(300.0, 510.0));
+        assert!(huge.return_risk(300.0, 510.0).is_some_and(f64::is_finite));
+        assert_eq!(huge.mean_s(), capped.mean_s());
+        // A genuine histogram never reaches the cap: a thousand gaps in one bucket weigh under 500.
+        let mut many = GapHistogram::default();
+        for _ in 0..1000 {
+            many.record(100.0);
+        }
+        assert!(many.total() < GAP_MEMORY && many.total() > 0.8 * GAP_MEMORY);
         // Every bucket's edges, one gap each at its start: [0, 1), [1, 2), [2, 4), ... and the last.
         let mut all = GapHistogram::default();
         all.record(0.0);

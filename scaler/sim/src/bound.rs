@@ -289,8 +289,9 @@ const FLAP_BOUND_MULTIPLIERS: u32 = 30;
 /// launch in the same pool within one cold start), for the class of policies that
 ///
 /// - (a) *guarantee* the wait limit: whatever boot times in `[boot_min, boot_max]` the cloud picks,
-///   independently of the rest, no request waits longer (a policy cannot know a boot time before
-///   the node is up; one that meets the limit only when boots are short is lucky, not designed);
+///   independently of the rest, every request starts the run that completes it within `max_wait_s`
+///   of its arrival (a policy cannot know a boot time before the node is up; one that meets the
+///   limit only when boots are short is lucky, not designed);
 /// - (b) launch Spot nodes only (zerospot turns to on-demand only after Spot capacity failures);
 /// - (c) never remove a node while another node of its pool that was launched less than the billing
 ///   minimum (60 s) earlier runs: no *swap* of an old node for a new one. Without (c) the flap rate
@@ -332,11 +333,14 @@ const FLAP_BOUND_MULTIPLIERS: u32 = 30;
 ///    of its life, in which `j` overlaps it, and the rest of its billing minimum. At any instant the
 ///    charged nodes exclude the witness of the one removed last, so the charges fit within the
 ///    billed node-seconds beyond the episodes' length: billed node-seconds `>= sum of episode lengths
-///    + m R_o`, with `R_o` the other removals.
+///    + m R_o`, with `R_o` the other removals. An episode that serves nothing does not enter the
+///    programme below; it is billed at least `m`, which pays for its final removal in step 5.
 /// 5. *Lagrange.* A policy within the flap limit has `F - rho (R_f + R_o) <= 0`, so for any `0 <=
 ///    lambda <= m / rho` its billed node-seconds are at least `sum of episode lengths + m R_o +
 ///    lambda (F - rho R_f - rho R_o)`, which (`m >= rho lambda`, then 3 and 4) is at least `sum of
-///    episode lengths + lambda x (short splits) - rho lambda x episodes - lambda K`.
+///    lengths of the episodes that serve + lambda x (short splits) - rho lambda x (episodes that
+///    serve) - lambda K`. (With an empty episode between two that serve, the first launch after the
+///    earlier one's end is still no later than the later one's, so step 3 holds.)
 /// 6. *The programme.* `D(lambda)`, the least over splits of the sorted arrivals into consecutive
 ///    groups of `sum (c + max(s_r + (a_r - a_f - w)^+) - rho lambda) + lambda x (short splits)`, with a
 ///    split short when `a_{j+1} + W - C - max(a_r + s_r) <= C` over the group before it, is `O(n^2)`
