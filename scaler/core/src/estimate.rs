@@ -939,7 +939,10 @@ mod tests {
         let capped: GapHistogram =
             serde_json::from_str(r#"{"counts":[0,0,0,0,0,0,0,500,500,0,0,500]}"#).unwrap();
         assert!(close(huge.total(), 1500.0));
-        assert_eq!(huge.return_risk(300.0, 510.0), capped.return_risk(300.0, 510.0));
+        assert_eq!(
+            huge.return_risk(300.0, 510.0),
+            capped.return_risk(300.0, 510.0)
+        );
         assert!(huge.return_risk(300.0, 510.0).is_some_and(f64::is_finite));
         assert_eq!(huge.mean_s(), capped.mean_s());
         // A genuine histogram never reaches the cap: a thousand gaps in one bucket weigh under 500.
