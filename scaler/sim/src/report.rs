@@ -240,21 +240,19 @@ impl Report {
         }
         goal("lost requests", z.lost as f64, 0.0);
         goal("flap rate", z.flap_rate, FLAP_LIMIT);
-        let mut reach = None;
         if let Some(ca) = self
             .policy("cluster-autoscaler")
             .filter(|c| c.cost_usd > 0.0)
         {
             goal("cost x cluster-autoscaler", z.cost_usd / ca.cost_usd, 0.5);
             let price = self.spot_price_per_hour / 3600.0;
-            reach = self
+            let least = self
                 .flap_bound
                 .as_ref()
-                .map(|b| b.node_seconds(z.interruptions) * price / ca.cost_usd)
-                .filter(|least| *least > 0.5);
-        }
-        if let Some(last) = goals.last_mut().filter(|g| !g.met) {
-            last.out_of_reach = reach;
+                .map(|b| b.node_seconds(z.interruptions) * price / ca.cost_usd);
+            if let Some(ca_goal) = goals.last_mut().filter(|g| !g.met) {
+                ca_goal.out_of_reach = least.filter(|least| *least > ca_goal.limit);
+            }
         }
         self.goals = goals;
     }
