@@ -210,28 +210,71 @@ pub fn bounded_wait_lower_bound(
         return 0.0;
     }
     let c = cloud.cold_start_min_s();
-    let w = max_wait_s.max(0.0);
     let runs = runs_by_arrival(workload, serving);
+    let lanes = lanes_bound(&runs, serving, c);
+    let (runs, w) = blocks(runs, max_wait_s.max(0.0), BOUNDED_WAIT_EXACT_MAX);
+    let mut best = Vec::new();
+    cheapest_split(&runs, w, c, None, &mut best).max(lanes)
+}
+
+/// Step 5 of [`bounded_wait_lower_bound`]: at least one cold start `c`, and every run holding one of
+/// the `slots x concurrency` lanes of a ready node, node-seconds.
+fn lanes_bound(runs: &[(f64, f64)], serving: &Serving, c: f64) -> f64 {
     let lanes = f64::from(serving.slots_per_gpu.max(1)) * f64::from(serving.pod_concurrency.max(1));
-    let work: f64 = runs.iter().map(|r| r.1).sum();
-    let (runs, w) = blocks(runs, w, BOUNDED_WAIT_EXACT_MAX);
+    c + runs.iter().map(|r| r.1).sum::<f64>() / lanes
+}
+
+/// What a split priced by a flap multiplier needs (step 3 of [`flap_aware_lower_bound`]).
+#[derive(Debug, Clone, Copy)]
+struct FlapPrice {
+    /// How long after a group's first arrival its episode may launch, `W - C`, seconds.
+    slack: f64,
+    /// The flap window, one longest cold start `C`, seconds.
+    window: f64,
+    /// The price of a flap, node-seconds.
+    lambda: f64,
+}
+
+/// The programme both waiting bounds solve: the least, over splits of `runs` (`(arrival, service)`,
+/// sorted by arrival) into consecutive groups, of `per_episode + max over the group of (s_r + (a_r -
+/// a_first - w)^+)` per group, plus, with `flaps`, `lambda` for each split after which the next
+/// launch falls within one cold start of the group's end. `O(n^2)`; `best` is scratch space, reused
+/// across calls.
+fn cheapest_split(
+    runs: &[(f64, f64)],
+    w: f64,
+    per_episode: f64,
+    flaps: Option<FlapPrice>,
+    best: &mut Vec<f64>,
+) -> f64 {
     let n = runs.len();
     // best[j]: the cheapest first-level cost of serving the first j arrivals.
-    let mut best = vec![f64::INFINITY; n + 1];
+    best.clear();
+    best.resize(n + 1, f64::INFINITY);
     best[0] = 0.0;
     for i in 0..n {
         let before = best[i];
         let first = runs[i].0;
         let mut longest = 0.0f64;
+        let mut end = f64::NEG_INFINITY;
         for (j, &(at, s)) in runs.iter().enumerate().skip(i) {
             longest = longest.max(s + (at - first - w).max(0.0));
-            let cost = before + c + longest;
+            let mut cost = before + per_episode + longest;
+            if let Some(f) = flaps {
+                end = end.max(at + s);
+                if runs
+                    .get(j + 1)
+                    .is_some_and(|next| next.0 + f.slack - end <= f.window)
+                {
+                    cost += f.lambda;
+                }
+            }
             if cost < best[j + 1] {
                 best[j + 1] = cost;
             }
         }
     }
-    best[n].max(c + work / lanes)
+    best[n]
 }
 
 /// A provable lower bound on what a policy pays that meets the sparse goals' wait and flap limits
@@ -388,40 +431,25 @@ fn flap_bound_within(
     }
     let c = cloud.cold_start_min_s();
     let slack = max_wait_s - window;
-    let w = slack + c;
     let runs = runs_by_arrival(workload, serving);
-    let lanes = f64::from(serving.slots_per_gpu.max(1)) * f64::from(serving.pod_concurrency.max(1));
-    let work: f64 = runs.iter().map(|r| r.1).sum();
     let lambda_max = cloud.min_billed_s.max(0.0) / max_flap_rate;
-    let mut duals = Vec::with_capacity(FLAP_BOUND_MULTIPLIERS as usize + 1);
-    let mut best = vec![f64::INFINITY; n + 1];
-    for k in 0..=FLAP_BOUND_MULTIPLIERS {
-        let lambda = lambda_max * f64::from(k) / f64::from(FLAP_BOUND_MULTIPLIERS);
-        let per_episode = c - max_flap_rate * lambda;
-        best.fill(f64::INFINITY);
-        best[0] = 0.0;
-        for i in 0..n {
-            let before = best[i];
-            let first = runs[i].0;
-            let mut longest = 0.0f64;
-            let mut end = f64::NEG_INFINITY;
-            for (j, &(at, s)) in runs.iter().enumerate().skip(i) {
-                longest = longest.max(s + (at - first - w).max(0.0));
-                end = end.max(at + s);
-                let flap = runs
-                    .get(j + 1)
-                    .is_some_and(|next| next.0 + slack - end <= window);
-                let cost = before + per_episode + longest + if flap { lambda } else { 0.0 };
-                if cost < best[j + 1] {
-                    best[j + 1] = cost;
-                }
-            }
-        }
-        duals.push((lambda, best[n]));
-    }
+    let mut best = Vec::with_capacity(n + 1);
+    let duals = (0..=FLAP_BOUND_MULTIPLIERS)
+        .map(|k| {
+            let lambda = lambda_max * f64::from(k) / f64::from(FLAP_BOUND_MULTIPLIERS);
+            let price = FlapPrice {
+                slack,
+                window,
+                lambda,
+            };
+            let per_episode = c - max_flap_rate * lambda;
+            let d = cheapest_split(&runs, slack + c, per_episode, Some(price), &mut best);
+            (lambda, d)
+        })
+        .collect();
     Some(FlapBound {
         duals,
-        lanes: c + work / lanes,
+        lanes: lanes_bound(&runs, serving, c),
         lambda_max,
     })
 }
