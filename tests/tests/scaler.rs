@@ -9,7 +9,7 @@ mod scaler_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use scaler_common::{CONVERGE, Scenario, start_scaler};
 use zerospot_effects::names;
@@ -200,6 +200,135 @@ async fn never_terminates_a_node_with_a_request_in_flight_and_protects_it_from_s
     )
     .await;
     s.wait_desired(0, CONVERGE).await;
+}
+
+/// The instance id in a Node's `spec.providerID` (`aws:///<zone>/<id>`).
+fn instance_of(node: &Node) -> String {
+    let provider = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .unwrap();
+    provider.rsplit('/').next().unwrap().to_owned()
+}
+
+/// Whether the Node is cordoned and annotated draining, as the actuator leaves a node it drains.
+async fn leaving(s: &Scenario, node: &str) -> (bool, bool) {
+    let n = Api::<Node>::all(s.kube.clone()).get(node).await.unwrap();
+    let cordoned = n.spec.and_then(|s| s.unschedulable) == Some(true);
+    let draining = n
+        .metadata
+        .annotations
+        .is_some_and(|a| a.contains_key(names::ANNOTATION_DRAINING));
+    (cordoned, draining)
+}
+
+#[tokio::test]
+async fn consolidates_the_least_loaded_busy_node_after_its_requests_and_keeps_the_busier_ones() {
+    let s = Scenario::new(&["llama"], |o| o).await;
+    let idle_window = 3;
+    let _scaler = start_scaler(s.bed, &s.aws, &s.config(idle_window, 600)).await;
+    // Knative asks for 12 pods: three nodes of 4 MPS slots.
+    let pa = s.create_autoscaler("llama").await;
+    s.set_desired_scale(&pa, 12).await;
+    s.wait_desired(3, CONVERGE).await;
+    let nodes = eventually("three Ready GPU nodes", CONVERGE, || async {
+        let ready = s.ready_nodes().await;
+        if ready.len() == 3 {
+            Ok(ready)
+        } else {
+            Err(format!("{} ready", ready.len()))
+        }
+    })
+    .await
+    .unwrap();
+    // The dispatcher reports 1, 2 and 3 requests in flight on them.
+    let mut busy = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let name = node.metadata.name.clone().unwrap();
+        s.annotate_node(
+            &name,
+            &[(names::ANNOTATION_IN_FLIGHT, &(i + 1).to_string())],
+        )
+        .await;
+        busy.push((name, instance_of(node)));
+    }
+    // Demand falls to nothing new: every node is busy, so none is idle to remove, and the pool holds
+    // two nodes more than the work needs. The least loaded one stops taking work.
+    s.set_desired_scale(&pa, 0).await;
+    let (least, least_id) = busy[0].clone();
+    eventually(
+        "the least-loaded node cordoned and draining",
+        CONVERGE,
+        || async {
+            match leaving(&s, &least).await {
+                (true, true) => Ok(()),
+                other => Err(format!("(cordoned, draining) = {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Its request is still running: well past the idle window it is still there, unprotected, and
+    // the busier nodes take work and stay protected.
+    tokio::time::sleep(Duration::from_secs(idle_window * 2)).await;
+    let (desired, ids, mut protected) = s.group_state().await;
+    assert_eq!(desired, 3);
+    assert!(ids.contains(&least_id), "{ids:?}");
+    protected.sort();
+    let mut others: Vec<String> = busy[1..].iter().map(|(_, id)| id.clone()).collect();
+    others.sort();
+    assert_eq!(protected, others, "only the nodes that stay are protected");
+    for (name, _) in &busy[1..] {
+        assert_eq!(leaving(&s, name).await, (false, false), "{name} untouched");
+    }
+    // Its request finishes: exactly that instance goes.
+    s.annotate_node(
+        &least,
+        &[
+            (names::ANNOTATION_IN_FLIGHT, "0"),
+            (
+                names::ANNOTATION_IDLE_SINCE,
+                &chrono::Utc::now().to_rfc3339(),
+            ),
+        ],
+    )
+    .await;
+    eventually("the consolidated instance terminated", CONVERGE, || async {
+        let (desired, ids, _) = s.group_state().await;
+        if desired == 2 && ids.len() == 2 && !ids.contains(&least_id) {
+            Ok(())
+        } else {
+            Err(format!("desired {desired}, {ids:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let (_, mut ids, _) = s.group_state().await;
+    ids.sort();
+    assert_eq!(ids, others, "the busier instances stay");
+    // One at a time: with two left and no work asked for, the next least loaded (2 in flight) is
+    // consolidated in turn, and the busiest is not.
+    let (second, _) = &busy[1];
+    eventually(
+        "the next least-loaded node consolidated",
+        CONVERGE,
+        || async {
+            match leaving(&s, second).await {
+                (true, true) => Ok(()),
+                other => Err(format!("(cordoned, draining) = {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(leaving(&s, &busy[2].0).await, (false, false));
+    tokio::time::sleep(Duration::from_secs(idle_window)).await;
+    assert_eq!(
+        s.group_state().await.0,
+        2,
+        "a busy node is never terminated"
+    );
 }
 
 #[tokio::test]

@@ -185,7 +185,8 @@ pub struct Observation {
     /// The snapshot to decide on.
     pub snapshot: Snapshot,
     /// The next time the policy's answer can change with no new observation (an idle window or a launch
-    /// timeout running out), if any.
+    /// timeout running out, or a busy node settling, an idle window after its launch, so that it may be
+    /// consolidated), if any.
     pub next_deadline: Option<DateTime<Utc>>,
     /// Things an operator may want to know (a node that no group holds, a shape that changed).
     pub notes: Vec<String>,
@@ -585,7 +586,9 @@ pub fn observe(
         match (state, idle_since) {
             (NodeState::Launching, _) => later(launched_at.checked_add_signed(launch_timeout)),
             (NodeState::GpuReady, Some(since)) => later(since.checked_add_signed(idle_window)),
-            _ => {}
+            // A busy node may be consolidated once it has settled, an idle window after its launch:
+            // no other change need come for the policy to take it then.
+            (NodeState::GpuReady, None) => later(launched_at.checked_add_signed(idle_window)),
         }
         nodes.push(Node {
             instance_id: (*id).to_owned(),

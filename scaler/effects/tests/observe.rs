@@ -700,6 +700,22 @@ fn the_next_deadline_is_the_earliest_one_still_ahead() {
 }
 
 #[test]
+fn a_busy_node_is_a_deadline_when_it_settles_for_consolidation() {
+    // Created at 0 and busy: consolidation may take it from 0 + the 120 s idle window, with no other
+    // change to wake the scaler then; after that it is no deadline.
+    let mut f = Fixture::new(vec![group("gpu-asg", 4, &["i-1"])]);
+    f.nodes = vec![annotate(node("i-1", "4"), names::ANNOTATION_IN_FLIGHT, "2")];
+    assert_eq!(
+        f.observe(&mut Memory::default(), t(30)).next_deadline,
+        Some(t(120))
+    );
+    assert_eq!(
+        f.observe(&mut Memory::default(), t(120)).next_deadline,
+        None
+    );
+}
+
+#[test]
 fn an_idle_window_too_long_for_the_calendar_is_no_deadline_and_no_panic() {
     let text = CONFIG.replace(
         "idle_window_s: 120",

@@ -355,6 +355,15 @@ pub fn run_policy(
         let arrival = workload.requests.get(next).map_or(f64::INFINITY, |r| r.at);
         let event = c.peek_time().unwrap_or(f64::INFINITY);
         let t = arrival.min(event);
+        // Every request has been answered or lost and nothing more happens within the observed
+        // window: the run ends at the window's end (or now, if later). What the trace does not show is
+        // not billed: a node still up serves traffic that the window cut off, for every policy alike.
+        if next == n && c.unresolved == 0 && (!t.is_finite() || t > c.horizon) {
+            let end = c.now.max(c.horizon);
+            c.sample_until(end);
+            c.now = end;
+            break;
+        }
         if !t.is_finite() || t > stop_at {
             break;
         }
@@ -384,16 +393,8 @@ pub fn run_policy(
             }
         }
         ctl.after_event(&mut c);
-        if next == n && c.unresolved == 0 {
-            if fixed {
-                let end = c.now.max(c.horizon);
-                c.sample_until(end);
-                c.now = end;
-                break;
-            }
-            if c.live.is_empty() {
-                break;
-            }
+        if next == n && c.unresolved == 0 && c.live.is_empty() {
+            break;
         }
     }
     progress.fetch_add((n - reported) as u64, Ordering::Relaxed);

@@ -92,7 +92,7 @@ pub struct PolicyReport {
     pub requests_requeued: u64,
     /// Instances launched (failed launches excluded).
     pub scale_ups: u32,
-    /// Instances removed by the policy (interruptions excluded).
+    /// Instances removed by the policy (not interruptions, nor instances up when the run ends).
     pub scale_downs: u32,
     /// Spot launches that failed for lack of capacity.
     pub launch_failures: u32,
@@ -101,7 +101,9 @@ pub struct PolicyReport {
     /// Removals by the policy while another billed node of the pool, launched less than the billing
     /// minimum (60 s) earlier, ran: swaps, which put a run outside the flap-aware bound's class.
     pub swaps: u32,
-    /// When the last instance stopped, seconds from the first arrival.
+    /// When the run ended, seconds from the first arrival: the last instance stopped, or the observed
+    /// window ended (or the last request was answered, if later) with instances still up, which are
+    /// billed to then and no further.
     pub end_s: f64,
     /// Times the core's `decide` ran (zerospot only).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -541,27 +541,67 @@ fn waits_are_split_into_warm_and_cold_and_cold_starts_counted() {
 fn a_removal_followed_by_a_launch_within_a_cold_start_is_a_flap() {
     // zerospot removes its node once it has been idle for the idle window and, since one request shows
     // no gap, the model silent for the thin-history hold; a request 100 s later launches another: a
-    // flap.
+    // flap. The run ends with the second answer (the window's end): that node's end is no removal.
     let timing = zerospot_core::Timing::default();
     let removed_by = (300.0 + timing.idle_window_s as f64).max(timing.thin_history_hold_s as f64);
     let w = trace(&[(0.0, 0, 9), (removed_by + 100.0, 0, 9)]);
     let report = run(&calm(w, &[PolicyKind::Zerospot]));
     let z = report.policy("zerospot").expect("zerospot");
-    assert_eq!((z.scale_ups, z.scale_downs), (2, 2));
-    assert!((z.flap_rate - 0.5).abs() < 1e-9, "{}", z.flap_rate);
-    // Within the hold the node waits for it: one launch, one removal at the end, no flap.
+    assert_eq!((z.scale_ups, z.scale_downs), (2, 1));
+    assert!((z.flap_rate - 1.0).abs() < 1e-9, "{}", z.flap_rate);
+    // Within the hold the node waits for it: one launch, no removal, no flap.
     let w = trace(&[
         (0.0, 0, 9),
         (timing.thin_history_hold_s as f64 - 100.0, 0, 9),
     ]);
     let report = run(&calm(w, &[PolicyKind::Zerospot]));
     let z = report.policy("zerospot").expect("zerospot");
-    assert_eq!((z.scale_ups, z.scale_downs, z.flap_rate), (1, 1, 0.0));
-    // An hour later instead: no flap.
+    assert_eq!((z.scale_ups, z.scale_downs, z.flap_rate), (1, 0, 0.0));
+    // An hour later instead: a removal, no flap.
     let w = trace(&[(0.0, 0, 9), (3600.0, 0, 9)]);
     let report = run(&calm(w, &[PolicyKind::Zerospot]));
     let z = report.policy("zerospot").expect("zerospot");
-    assert_eq!((z.scale_ups, z.scale_downs, z.flap_rate), (2, 2, 0.0));
+    assert_eq!((z.scale_ups, z.scale_downs, z.flap_rate), (2, 1, 0.0));
+}
+
+#[test]
+fn a_run_ends_at_the_end_of_the_observed_window_for_every_policy() {
+    // One short request at 0, the window ending at its arrival: zerospot would keep its node for the
+    // thin-history hold and the Cluster Autoscaler for ten minutes unneeded, always-on for ever. Each is
+    // billed until the answer (the 60 s minimum at least), not for what the window does not show, and
+    // no node's end counts as a removal.
+    let w = trace(&[(0.0, 0, 9)]);
+    let kinds = [
+        PolicyKind::Zerospot,
+        PolicyKind::AlwaysOn,
+        PolicyKind::ClusterAutoscaler,
+    ];
+    let report = run(&calm(w.clone(), &kinds));
+    // A cold start of at most 300 s and a nine-token answer.
+    let answered = 400.0;
+    for kind in kinds {
+        let p = report.policy(kind.name()).expect("policy");
+        assert_eq!((p.scale_ups, p.scale_downs), (1, 0), "{}", p.name);
+        assert!(
+            p.gpu_seconds_billed >= 60.0 && p.gpu_seconds_billed < answered,
+            "{}: {} s",
+            p.name,
+            p.gpu_seconds_billed
+        );
+    }
+    // A window that goes on for two hours past it: zerospot's node is billed until the policy lets it
+    // go, inside the window, and that is a removal.
+    let mut longer = w;
+    longer.horizon_s = 7200.0;
+    let report = run(&calm(longer, &[PolicyKind::Zerospot]));
+    let z = report.policy("zerospot").expect("zerospot");
+    assert_eq!((z.scale_ups, z.scale_downs), (1, 1));
+    let hold = zerospot_core::Timing::default().thin_history_hold_s as f64;
+    assert!(
+        z.gpu_seconds_billed > hold && z.gpu_seconds_billed < 7200.0 / 2.0,
+        "{}",
+        z.gpu_seconds_billed
+    );
 }
 
 #[test]
