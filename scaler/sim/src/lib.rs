@@ -355,10 +355,11 @@ pub fn run_policy(
         let arrival = workload.requests.get(next).map_or(f64::INFINITY, |r| r.at);
         let event = c.peek_time().unwrap_or(f64::INFINITY);
         let t = arrival.min(event);
-        // Every request has been answered or lost and nothing more happens within the observed
-        // window: the run ends at the window's end (or now, if later). What the trace does not show is
-        // not billed: a node still up serves traffic that the window cut off, for every policy alike.
-        if next == n && c.unresolved == 0 && (!t.is_finite() || t > c.horizon) {
+        // Every request has arrived and been answered or lost (`unresolved` counts the ones still to
+        // come too), and nothing more happens within the observed window: the run ends at the window's
+        // end (or now, if later). What the trace does not show is not billed: a node still up serves
+        // traffic that the window cut off, for every policy alike.
+        if c.unresolved == 0 && (!t.is_finite() || t > c.horizon) {
             let end = c.now.max(c.horizon);
             c.sample_until(end);
             c.now = end;
@@ -393,7 +394,7 @@ pub fn run_policy(
             }
         }
         ctl.after_event(&mut c);
-        if next == n && c.unresolved == 0 && c.live.is_empty() {
+        if c.unresolved == 0 && c.live.is_empty() {
             break;
         }
     }

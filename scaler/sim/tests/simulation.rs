@@ -602,6 +602,12 @@ fn a_run_ends_at_the_end_of_the_observed_window_for_every_policy() {
         "{}",
         z.gpu_seconds_billed
     );
+    // The window ending exactly at that removal: what happens at its last instant still happens.
+    let mut exact = trace(&[(0.0, 0, 9)]);
+    exact.horizon_s = z.end_s;
+    let report = run(&calm(exact, &[PolicyKind::Zerospot]));
+    let z = report.policy("zerospot").expect("zerospot");
+    assert_eq!((z.scale_ups, z.scale_downs), (1, 1));
 }
 
 #[test]
