@@ -119,11 +119,7 @@ async fn busy_node(s: &Scenario, models: &[&str]) -> (Node, String) {
     s.annotate_node(&node, &[(names::ANNOTATION_IN_FLIGHT, "2")])
         .await;
     let node = Api::<Node>::all(s.kube.clone()).get(&node).await.unwrap();
-    let instance = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(|p| p.rsplit('/').next())
+    let instance = zerospot_effects::observe::instance_id(&node)
         .unwrap()
         .to_owned();
     (node, instance)

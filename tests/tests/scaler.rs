@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use scaler_common::{CONVERGE, Scenario, start_scaler};
 use zerospot_effects::names;
+use zerospot_effects::observe::instance_id;
 use zerospot_testbed::fixtures::{gpu_pod, group_nodes};
 use zerospot_testbed::{BridgeOptions, eventually, unique_name};
 
@@ -116,14 +117,7 @@ async fn scales_to_zero_after_the_idle_window_and_not_before() {
     // The request was served and the dispatcher says so; the queue is empty.
     let served = chrono::Utc::now();
     s.purge("llama").await;
-    s.annotate_node(
-        &name,
-        &[
-            (names::ANNOTATION_IN_FLIGHT, "0"),
-            (names::ANNOTATION_IDLE_SINCE, &served.to_rfc3339()),
-        ],
-    )
-    .await;
+    s.mark_idle(&name, served).await;
     tokio::time::sleep(Duration::from_secs(idle_window - 3)).await;
     assert_eq!(s.group_state().await.0, 1, "still within the idle window");
     s.wait_desired(0, Duration::from_secs(idle_window + 20))
@@ -188,28 +182,8 @@ async fn never_terminates_a_node_with_a_request_in_flight_and_protects_it_from_s
     let (desired, still, _) = s.group_state().await;
     assert_eq!((desired, &still), (1, &ids));
     // The request finishes: protection lifts after the idle window, then the node goes.
-    s.annotate_node(
-        &name,
-        &[
-            (names::ANNOTATION_IN_FLIGHT, "0"),
-            (
-                names::ANNOTATION_IDLE_SINCE,
-                &chrono::Utc::now().to_rfc3339(),
-            ),
-        ],
-    )
-    .await;
+    s.mark_idle(&name, chrono::Utc::now()).await;
     s.wait_desired(0, CONVERGE).await;
-}
-
-/// The instance id in a Node's `spec.providerID` (`aws:///<zone>/<id>`).
-fn instance_of(node: &Node) -> String {
-    let provider = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .unwrap();
-    provider.rsplit('/').next().unwrap().to_owned()
 }
 
 /// Whether the Node is cordoned and annotated draining, as the actuator leaves a node it drains.
@@ -251,7 +225,7 @@ async fn consolidates_the_least_loaded_busy_node_after_its_requests_and_keeps_th
             &[(names::ANNOTATION_IN_FLIGHT, &(i + 1).to_string())],
         )
         .await;
-        busy.push((name, instance_of(node)));
+        busy.push((name, instance_id(node).unwrap().to_owned()));
     }
     // Demand falls to nothing new: every node is busy, so none is idle to remove, and the pool holds
     // two nodes more than the work needs. The least loaded one stops taking work.
@@ -283,17 +257,7 @@ async fn consolidates_the_least_loaded_busy_node_after_its_requests_and_keeps_th
         assert_eq!(leaving(&s, name).await, (false, false), "{name} untouched");
     }
     // Its request finishes: exactly that instance goes.
-    s.annotate_node(
-        &least,
-        &[
-            (names::ANNOTATION_IN_FLIGHT, "0"),
-            (
-                names::ANNOTATION_IDLE_SINCE,
-                &chrono::Utc::now().to_rfc3339(),
-            ),
-        ],
-    )
-    .await;
+    s.mark_idle(&least, chrono::Utc::now()).await;
     eventually("the consolidated instance terminated", CONVERGE, || async {
         let (desired, ids, _) = s.group_state().await;
         if desired == 2 && ids.len() == 2 && !ids.contains(&least_id) {

@@ -307,6 +307,18 @@ impl Scenario {
             .unwrap();
     }
 
+    /// What the dispatcher writes when a node's last request ends: nothing in flight, idle since `since`.
+    pub async fn mark_idle(&self, node: &str, since: chrono::DateTime<chrono::Utc>) {
+        self.annotate_node(
+            node,
+            &[
+                (names::ANNOTATION_IN_FLIGHT, "0"),
+                (names::ANNOTATION_IDLE_SINCE, &since.to_rfc3339()),
+            ],
+        )
+        .await;
+    }
+
     pub fn autoscalers(&self) -> Api<DynamicObject> {
         let resource = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(
