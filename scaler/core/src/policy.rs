@@ -14,7 +14,10 @@
 //!   ([`crate::demand::ModelDemand::lanes_needed`]). Any queued request gives one pod at once: scale
 //!   from zero before a pod even pends.
 //! - Removals leave the nodes the work needs sized with [`Timing::keep_headroom`], wider than the
-//!   headroom launches use (hysteresis).
+//!   headroom launches use (hysteresis). A pool that needs more than [`SMALL_POOL_NODES`] at the peak
+//!   arrival rate of the last ten minutes ([`crate::demand::ModelDemand::peak_rate_per_s`]) keeps
+//!   those nodes: its load swings by more than the band, and a node removed in a dip is launched
+//!   again at the next swing.
 //! - A pool keeps at least one node (removals only, never launches) while the chance that any of its
 //!   models gets a request within [`Timing::relaunch_horizon_s`] (two cold starts), from the gaps
 //!   between arrivals seen and the silence so far, is at least [`Timing::relaunch_risk`]
@@ -376,12 +379,16 @@ impl<'a> PoolDemand<'a> {
     }
 }
 
-/// Pools that need at most this many nodes at their peak consolidate down to one spare node, not two.
-/// In a small pool one spare node is a large share of the bill (a third of it when two are needed); in
-/// a large one it is a few percent, and it is where Knative's new pods start at once when the load
-/// rises. With `simgoals`, seeds 1-4, before [`Timing::relaunch_horizon_s`], any value from 2 to 8
-/// met the same goals: 102 of 116, against 98 with two spare nodes everywhere and 100 with one spare
-/// node in small pools sized on the recent rate alone.
+/// Pools that need at most this many nodes at their peak consolidate down to one spare node, not two;
+/// larger pools keep the nodes their peak needs. In a small pool one spare node is a large share of the
+/// bill (a third of it when two are needed); in a large one it is a few percent, and it is where
+/// Knative's new pods start at once when the load rises. With `simgoals`, seeds 1-4, before
+/// [`Timing::relaunch_horizon_s`], any value from 2 to 8 met the same goals: 102 of 116, against 98
+/// with two spare nodes everywhere and 100 with one spare node in small pools sized on the recent rate
+/// alone. Keeping the peak's nodes in large pools (2026-12-07): 108 of 116 on seeds 1-4 (was 107) and
+/// 107 on seeds 5-8 (was 104), the dense flaps of seeds 4, 5 and 7 and seed 5's dense warm p95 met;
+/// the same floor in small pools too met 107 and 108 (the synthetic day's flaps moved from seed 3 to
+/// seed 1), and a spare node there is a third of the bill.
 pub const SMALL_POOL_NODES: u32 = 4;
 
 fn saturate(n: u64) -> u32 {
@@ -545,9 +552,14 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         // one while a request is likely within a cold start (it would be launched again before it could
         // boot).
         let returning = 1.0 - quiet[pi] >= timing.relaunch_risk;
+        // The nodes the work needed at its peak of the last ten minutes (keep headroom): a large pool
+        // keeps them, a small one may consolidate down to one spare node above them (below).
+        let peak_nodes = keep_peak[pi].as_ref().map(|p| saturate(p.nodes(pool)));
+        let large_peak = peak_nodes.filter(|p| *p > SMALL_POOL_NODES).unwrap_or(0);
         let keep_nodes = saturate(keep[pi].nodes(pool))
             .max(needed)
             .max(u32::from(returning))
+            .max(large_peak)
             .clamp(min, max);
         let mut running_desired = current;
         let mut terminated = 0u32;
@@ -655,17 +667,17 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
         }
 
         // Consolidation: when no node is on its way in or out and the ready nodes that stay exceed what
-        // the work needs (keep headroom included) by two, or by one in a small pool whose work at its
-        // recent peak still leaves that node spare, the least-loaded busy one stops taking work and
-        // goes once its requests are done. Nodes launched within the idle window are left to settle.
+        // the work needs (keep headroom included, and in a large pool its recent peak) by two, or by
+        // one in a small pool whose work at its recent peak still leaves that node spare, the
+        // least-loaded busy one stops taking work and goes once its requests are done. Nodes launched
+        // within the idle window are left to settle.
         let ready_usable = ready_now as u32;
         let staying = ready_usable - removed.len() as u32;
         let settled = |n: &Node| now - n.launched_at >= idle_window;
         // A small pool needs one spare node, not two, once the load sized at its peak of the last
         // minutes leaves it spare.
-        let one_spare = keep_peak[pi]
-            .as_ref()
-            .map(|p| keep_nodes.max(saturate(p.nodes(pool))))
+        let one_spare = peak_nodes
+            .map(|p| keep_nodes.max(p))
             .is_some_and(|peak| peak <= SMALL_POOL_NODES && staying > peak);
         let mut consolidating: Option<&Node> = None;
         if unusable_left == 0

@@ -524,6 +524,55 @@ fn a_small_pool_consolidates_down_to_one_spare_node_once_the_peak_allows() {
 }
 
 #[test]
+fn a_large_pool_keeps_the_nodes_its_recent_peak_needs() {
+    let c = roomy_config();
+    // Eight ready nodes of 2 slots: six hold a request each, two have been idle for the whole window.
+    // 0.5 requests/s at 1 s and 6 in flight: 6 lanes, 3 nodes kept.
+    let base = || {
+        let mut s = busy_pool(&[1, 1, 1, 1, 1, 1, 0, 0])
+            .rate("llama", 0.5, 1.0)
+            .in_flight("llama", 6);
+        for n in &mut s.nodes[6..] {
+            n.idle_since = Some(at(0));
+        }
+        s
+    };
+    let cordons = |d: &Decision| {
+        kinds(d)
+            .into_iter()
+            .filter(|k| k.starts_with("cordon"))
+            .collect::<Vec<_>>()
+    };
+    // No peak estimate: both idle nodes go, and one busy node is consolidated (6 stay, 3 needed).
+    let d = decide(&base(), &c, at(1000));
+    assert_eq!(terminated(&d), vec!["i-6", "i-7"]);
+    assert_eq!(cordons(&d), vec!["cordon i-6", "cordon i-7", "cordon i-5"]);
+    // A peak of 8 requests/s in the last minutes: 8 + 1.5 sqrt(8) = 12.2, so 13 lanes, 7 nodes. The
+    // pool is large, so it keeps 7: one idle node goes (the first of the longest idle), nothing is
+    // consolidated.
+    let d = decide(&base().peak("llama", 8.0), &c, at(1000));
+    assert_eq!(terminated(&d), vec!["i-6"]);
+    assert_eq!(cordons(&d), vec!["cordon i-6"]);
+    assert_eq!(d.desired("gpu"), Some(7));
+    // A peak of 5: 5 + 1.5 sqrt(5) = 8.4, so 9 lanes, 5 nodes, one more than a small pool: both idle
+    // nodes go and the 6 busy ones stay (consolidation needs 7 above the 5 kept).
+    let d = decide(&base().peak("llama", 5.0), &c, at(1000));
+    assert_eq!(terminated(&d), vec!["i-6", "i-7"]);
+    assert_eq!(cordons(&d), vec!["cordon i-6", "cordon i-7"]);
+    // A peak of 4: 4 + 1.5 sqrt(4) = 7 lanes, 4 nodes, a small pool: no floor, as without a peak.
+    let d = decide(&base().peak("llama", 4.0), &c, at(1000));
+    assert_eq!(terminated(&d), vec!["i-6", "i-7"]);
+    assert_eq!(cordons(&d), vec!["cordon i-6", "cordon i-7", "cordon i-5"]);
+    // Another model of the pool without a peak estimate: no evidence, no floor.
+    let d = decide(
+        &base().peak("llama", 8.0).rate("qwen", 0.01, 1.0),
+        &c,
+        at(1000),
+    );
+    assert_eq!(terminated(&d), vec!["i-6", "i-7"]);
+}
+
+#[test]
 fn headroom_keeps_an_idle_node_while_requests_keep_coming() {
     let c = mps_config();
     let s = snapshot()
