@@ -563,6 +563,19 @@ fn a_large_pool_keeps_the_nodes_its_recent_peak_needs() {
     let d = decide(&base().peak("llama", 4.0), &c, at(1000));
     assert_eq!(terminated(&d), vec!["i-6", "i-7"]);
     assert_eq!(cordons(&d), vec!["cordon i-6", "cordon i-7", "cordon i-5"]);
+    // Where a floor of 4 would bind: six nodes, four busy (2 nodes needed), two idle. A small pool's
+    // peak is no floor, so both idle nodes go and, with 4 staying, two above the 2 needed, one busy
+    // node is consolidated.
+    let mut four = busy_pool(&[1, 1, 1, 1, 0, 0])
+        .rate("llama", 0.5, 1.0)
+        .in_flight("llama", 4)
+        .peak("llama", 4.0);
+    for n in &mut four.nodes[4..] {
+        n.idle_since = Some(at(0));
+    }
+    let d = decide(&four, &c, at(1000));
+    assert_eq!(terminated(&d), vec!["i-4", "i-5"]);
+    assert_eq!(cordons(&d), vec!["cordon i-4", "cordon i-5", "cordon i-3"]);
     // Another model of the pool without a peak estimate: no evidence, no floor.
     let d = decide(
         &base().peak("llama", 8.0).rate("qwen", 0.01, 1.0),
