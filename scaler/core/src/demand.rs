@@ -28,8 +28,9 @@ pub struct ModelDemand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrival_rate_per_s: Option<f64>,
     /// The highest recent arrival rate over the last ten minutes ([`crate::estimate::PEAK_WINDOW_S`]),
-    /// requests per second, when known. It only lets consolidation leave a single spare node once the
-    /// load has stayed low that long; it never keeps or launches a node.
+    /// requests per second, when known. It only acts on removals, never launches a node: a small pool
+    /// consolidates down to a single spare node once the load has stayed low that long, and a large
+    /// pool keeps the nodes the peak needs ([`crate::policy::SMALL_POOL_NODES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rate_per_s: Option<f64>,
     /// Seconds since the last request arrived, when any did (see [`crate::estimate`]).

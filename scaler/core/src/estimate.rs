@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 /// rise as fast as Knative's own pods do.
 pub const RECENT_WINDOW_S: f64 = 60.0;
 /// How far back the peak of the recent rate reaches, seconds: consolidation leaves a single spare node
-/// only when the load sized on the peak still leaves it spare, so only after the load has stayed low
-/// this long (the Cluster Autoscaler's `scale-down-unneeded-time` is 10 minutes too).
+/// only when the load sized on the peak still leaves it spare, and a large pool keeps the nodes the
+/// peak needs, so either goes below the peak only after the load has stayed low this long (the
+/// Cluster Autoscaler's `scale-down-unneeded-time` is 10 minutes too).
 pub const PEAK_WINDOW_S: f64 = 600.0;
 /// Resolution of the peak, seconds: one maximum is kept per this long.
 pub const PEAK_BUCKET_S: f64 = 60.0;

@@ -426,8 +426,9 @@ pub fn decide(snapshot: &Snapshot, config: &Config, now: DateTime<Utc>) -> Decis
     let mut quiet: Vec<f64> = vec![1.0; config.pools.len()];
     // Slots per pool that removals leave in place: the work sized with the wider keep headroom.
     let mut keep: Vec<PoolDemand> = config.pools.iter().map(|_| PoolDemand::default()).collect();
-    // The same at the peak rate of the last minutes, for consolidation down to a single spare node;
-    // `None` once a model of the pool has no peak estimate.
+    // The same at the peak rate of the last minutes, for consolidation down to a single spare node in
+    // a small pool and the nodes a large one keeps; `None` once a model of the pool has no peak
+    // estimate.
     let mut keep_peak: Vec<Option<PoolDemand>> = config
         .pools
         .iter()
