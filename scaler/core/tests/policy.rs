@@ -322,6 +322,44 @@ fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
 }
 
 #[test]
+fn failures_that_launches_outnumber_are_bad_luck_not_a_shortage() {
+    let c = config(
+        vec![
+            spot_pool("spot").fallback("od").max(8),
+            on_demand_pool("od").max(8),
+        ],
+        vec![model("llama", "spot")],
+    );
+    let constrained = |s: &Snapshot| {
+        let d = decide(s, &c, at(200));
+        (d.pools[0].capacity_constrained, d.desired("od"))
+    };
+    let failed_twice = snapshot()
+        .desired("spot", 4)
+        .queued("llama", 4)
+        .capacity_failure("spot", at(100))
+        .capacity_failure("spot", at(150));
+    // Two launches came up since the first failure (one at that very second, one just now): Spot
+    // capacity is there, the group's retry will get it.
+    let s = failed_twice
+        .clone()
+        .node(launching("i-1", "spot", at(100)))
+        .node(launching("i-2", "spot", at(200)));
+    assert_eq!(constrained(&s), (false, Some(0)));
+    // A third failure outnumbers them.
+    let s = s.capacity_failure("spot", at(190));
+    assert!(constrained(&s).0);
+    // Nodes launched before the first failure, or stamped in the future, say nothing of capacity now.
+    let s = failed_twice
+        .node(ready("i-0", "spot"))
+        .node(launching("i-1", "spot", at(100)))
+        .node(launching("i-3", "spot", at(300)));
+    let (shortage, od) = constrained(&s);
+    assert!(shortage);
+    assert!(od.is_some_and(|n| n >= 1), "{od:?}");
+}
+
+#[test]
 fn a_constrained_pool_keeps_the_nodes_it_has() {
     let c = config(
         vec![
