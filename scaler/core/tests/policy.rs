@@ -290,15 +290,20 @@ fn does_not_decrement_below_min_when_replacing() {
     assert_eq!(d.desired("gpu"), Some(1));
 }
 
-#[test]
-fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
-    let c = config(
+/// One model on a Spot pool "spot" whose fallback is the on-demand pool "od", both up to `max` nodes.
+fn spot_with_fallback(max: u32) -> Config {
+    config(
         vec![
-            spot_pool("spot").fallback("od").max(5),
-            on_demand_pool("od").max(5),
+            spot_pool("spot").fallback("od").max(max),
+            on_demand_pool("od").max(max),
         ],
         vec![model("llama", "spot")],
-    );
+    )
+}
+
+#[test]
+fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
+    let c = spot_with_fallback(5);
     let s = snapshot()
         .desired("spot", 1)
         .queued("llama", 2)
@@ -323,13 +328,7 @@ fn repeated_spot_capacity_failures_send_demand_to_the_on_demand_fallback() {
 
 #[test]
 fn failures_that_launches_outnumber_are_bad_luck_not_a_shortage() {
-    let c = config(
-        vec![
-            spot_pool("spot").fallback("od").max(8),
-            on_demand_pool("od").max(8),
-        ],
-        vec![model("llama", "spot")],
-    );
+    let c = spot_with_fallback(8);
     let constrained = |s: &Snapshot| {
         let d = decide(s, &c, at(200));
         (d.pools[0].capacity_constrained, d.desired("od"))
@@ -361,13 +360,7 @@ fn failures_that_launches_outnumber_are_bad_luck_not_a_shortage() {
 
 #[test]
 fn a_constrained_pool_keeps_the_nodes_it_has() {
-    let c = config(
-        vec![
-            spot_pool("spot").fallback("od").max(5),
-            on_demand_pool("od").max(5),
-        ],
-        vec![model("llama", "spot")],
-    );
+    let c = spot_with_fallback(5);
     let s = snapshot()
         .desired("spot", 3)
         .node(ready("i-1", "spot").in_flight(1))
